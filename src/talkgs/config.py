@@ -1,0 +1,219 @@
+"""Typed configuration mirroring ``params.yaml``, loaded strictly.
+
+Every section of ``params.yaml`` is a frozen dataclass (the section dataclasses live next to
+the code that reads them, e.g. :class:`talkgs.preprocess.extract.ExtractParams`). Loading is
+strict: an unknown key is an error naming the closest valid key, a value of the wrong type is
+an error naming the key path, expected and found types. Defaults are the dataclass defaults,
+so a ``params.yaml`` only has to say what differs.
+
+Subjects: ``subjects`` holds the subjects the pipeline builds (``dvc.yaml`` runs a ``foreach``
+over it); ``catalog`` holds opt-in subjects (the real clips in ``../shared/data``) that
+``talkgs subjects enable NAME`` moves into ``subjects``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar, get_args, get_origin, get_type_hints
+
+import yaml
+
+from talkgs.demo import DemoParams
+from talkgs.preprocess.extract import ExtractParams
+from talkgs.preprocess.segment import SegmentParams
+
+T = TypeVar("T")
+
+SUBJECT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
+
+
+class ConfigError(ValueError):
+    """``params.yaml`` (or an override) is invalid; the message names the key and the fix."""
+
+
+@dataclass(frozen=True)
+class SubjectParams:
+    """One talking-portrait subject."""
+
+    video: str
+    """Source video, relative to the repository root (or absolute)."""
+    resolution: int | None = None
+    """Override of ``extract.resolution`` for this subject (square output size in pixels)."""
+    note: str = ""
+    """Free text: where the clip comes from, language, licence."""
+
+
+@dataclass(frozen=True)
+class Params:
+    """The whole ``params.yaml``."""
+
+    subjects: dict[str, SubjectParams] = field(default_factory=dict)
+    """Subjects the pipeline builds (``dvc repro`` runs every stage for each)."""
+    catalog: dict[str, SubjectParams] = field(default_factory=dict)
+    """Opt-in subjects, not built until ``talkgs subjects enable NAME``."""
+    demo: DemoParams = field(default_factory=DemoParams)
+    extract: ExtractParams = field(default_factory=ExtractParams)
+    segment: SegmentParams = field(default_factory=SegmentParams)
+
+    def subject(self, name: str) -> SubjectParams:
+        if name not in self.subjects:
+            hint = ""
+            if name in self.catalog:
+                hint = f" It is in the catalog: run `talkgs subjects enable {name}`."
+            else:
+                hint = _closest_hint(name, list(self.subjects))
+            raise ConfigError(f"unknown subject {name!r} (enabled: {sorted(self.subjects)}).{hint}")
+        return self.subjects[name]
+
+    def extract_for(self, name: str) -> ExtractParams:
+        """``extract`` params with the subject's overrides applied."""
+        s = self.subject(name)
+        if s.resolution is None:
+            return self.extract
+        return dataclasses.replace(self.extract, resolution=s.resolution)
+
+
+def _closest_hint(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    """Check/convert a YAML value against a type annotation; raise ConfigError with ``where``."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ConfigError(f"{where}: null is not allowed (expected {_type_name(tp)})")
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _convert(a, value, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {_type_name(tp)}")
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if origin is dict:
+        kt, vt = get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, found {type(value).__name__}")
+        return {_convert(kt, k, f"{where}.{k}"): _convert(vt, v, f"{where}.{k}") for k, v in value.items()}
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, found {type(value).__name__}")
+        args = get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise ConfigError(f"{where}: expected {len(args)} items, found {len(value)}")
+            return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+        et = args[0] if args else Any
+        out = [_convert(et, v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(out) if origin is tuple else out
+    if origin is typing.Literal:
+        if value not in get_args(tp):
+            raise ConfigError(f"{where}: {value!r} is not one of {list(get_args(tp))}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, found {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, found {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, found {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, found {value!r}")
+        return value
+    raise TypeError(f"config type {tp!r} at {where} is not supported by the loader")  # programming error
+
+
+def from_dict(cls: type[T], data: Any, where: str = "params") -> T:
+    """Build dataclass ``cls`` from a mapping, strictly (unknown keys and bad types are errors)."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, found {type(data).__name__}")
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise ConfigError(
+                f"{where}: unknown key {key!r}.{_closest_hint(str(key), list(fields))} "
+                f"Valid keys: {', '.join(fields)}."
+            )
+        kwargs[key] = _convert(hints[key], value, f"{where}.{key}")
+    missing = [
+        n for n, f in fields.items()
+        if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]  # fmt: skip
+    if missing:
+        raise ConfigError(f"{where}: missing required key(s) {', '.join(missing)}")
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as e:  # __post_init__ validation
+        raise ConfigError(f"{where}: {e}") from e
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain YAML-able structure of a (nested) dataclass."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def validate(params: Params, source: str) -> Params:
+    for group in ("subjects", "catalog"):
+        for name in getattr(params, group):
+            if not SUBJECT_NAME.match(name):
+                raise ConfigError(
+                    f"{source}: {group}.{name}: subject names are lower-case letters, digits and '_' "
+                    f"(starting with a letter, at most 48 characters); rename it."
+                )
+    return params
+
+
+def load_params(path: str | os.PathLike[str] = "params.yaml") -> Params:
+    """Load and validate ``params.yaml``. Raises :class:`ConfigError` naming the file and key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path} not found: run talkgs from the repository root (where params.yaml is).")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    try:
+        return validate(from_dict(Params, data, "params"), str(path))
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def dump_yaml(obj: Any) -> str:
+    return yaml.safe_dump(to_dict(obj), sort_keys=False, default_flow_style=False)

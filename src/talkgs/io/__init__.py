@@ -1,0 +1,1 @@
+"""I/O: atomic writes, media (ffmpeg) encode/decode, audio files."""
