@@ -50,3 +50,116 @@ def dvc_repo(tmp_path: Path) -> Path:
     _run([sys.executable, "-m", "dvc", "init", "-q"], root)
     shutil.copy(REPO / "params.yaml", root / "params.yaml")
     return root
+
+
+# --- preprocessing (extract / segment) -------------------------------------------------------
+
+PREPROCESS_RES = 256
+"""Resolution of the shared may_5s extract/segment outputs used by the preprocessing tests."""
+
+
+@pytest.fixture(scope="session")
+def may_video(shared_data: Path) -> Path:
+    """The 5 s, 125-frame May clip (512², 25 fps, AAC 48 kHz)."""
+    path = shared_data / "videos" / "may_5s.mp4"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    return path
+
+
+@pytest.fixture(scope="session")
+def may_extract(may_video: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``extract`` output of may_5s at 256² (built once per session)."""
+    from talkgs.preprocess.extract import ExtractParams, extract
+
+    out = tmp_path_factory.mktemp("may") / "extract"
+    extract(may_video, out, ExtractParams(resolution=PREPROCESS_RES), progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def may_segment(may_extract: Path) -> Path:
+    """``segment`` output of :func:`may_extract` (built once per session)."""
+    from talkgs.preprocess.segment import SegmentParams, segment
+
+    out = may_extract.parent / "segment"
+    segment(may_extract, out, SegmentParams(), progress=False)
+    return out
+
+
+def ffmpeg_run(*args: str) -> None:
+    """Run the bundled ffmpeg (tests build their bad inputs with it); fail loudly."""
+    from talkgs.io.media import ffmpeg_exe
+
+    proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *args], capture_output=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"ffmpeg {' '.join(args)} failed: {proc.stderr.decode(errors='replace')[-2000:]}")
+
+
+@pytest.fixture(scope="session")
+def ffmpeg():
+    """:func:`ffmpeg_run`: run the bundled ffmpeg with the given arguments."""
+    return ffmpeg_run
+
+
+# --- training (talkgs.train) ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_subject():
+    """A synthetic 16-frame 32² subject (:func:`talkgs.train.synthetic.synthetic_subject`)."""
+    from talkgs.train.synthetic import synthetic_subject
+
+    return synthetic_subject(16, 32)
+
+
+def tiny_variant_of(name: str, steps_per_phase: int = 3, **preset):  # noqa: ANN201
+    """Built-in variant ``name`` shrunk to ~``steps_per_phase`` steps per 8k-step phase, ≤300 Gaussians."""
+    from talkgs.train.params import PresetParams, apply_preset, builtin_variant
+
+    kw = dict(init_points=150, max_gaussians=300, iteration_scale=steps_per_phase / 8000, loss_weights={"lpips": 0.0},
+              sh_degree=1, triplane_resolution=8, checkpoint_every=2)  # fmt: skip
+    kw.update(preset)
+    return apply_preset(builtin_variant(name), PresetParams(**kw))
+
+
+@pytest.fixture
+def tiny_variant():
+    """Factory: ``tiny_variant("gaussiantalker")`` → a few-step, few-Gaussian variant."""
+    return tiny_variant_of
+
+
+# --- track / features -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def may_track(may_extract: Path) -> Path:
+    """``track`` output of :func:`may_extract` (256², default params; built once per session)."""
+    from talkgs.preprocess.track import TrackParams, track
+
+    out = may_extract.parent / "track"
+    track(may_extract, out, TrackParams(), progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def may_features(may_extract: Path, may_track: Path) -> Path:
+    """``features`` output (mel audio) of :func:`may_extract` + :func:`may_track`."""
+    from talkgs.features import FeaturesParams, build_features
+
+    out = may_extract.parent / "features"
+    build_features(may_extract, may_track, out, FeaturesParams(), progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def astronaut_landmarks():  # noqa: ANN201 - float32 [478, 3]
+    """MediaPipe landmarks ``float32 [478, 3]`` of scikit-image's astronaut (a real face, static mode)."""
+    from skimage import data
+
+    from talkgs.preprocess.facemesh import FaceMesh
+
+    with FaceMesh(static=True) as mesh:
+        lm = mesh.process(data.astronaut())
+    assert lm is not None
+    return lm
