@@ -26,9 +26,4 @@ if "OMP_WAIT_POLICY" not in _os.environ:
         )
     _os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
-# MediaPipe's C++ (glog/absl) and TFLite print INFO/WARNING lines on every graph start; keep
-# errors only unless the user asked for more.
-_os.environ.setdefault("GLOG_minloglevel", "2")
-_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 __version__ = "0.1.0"
