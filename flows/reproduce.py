@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import talkgs  # noqa: F401  (first: sets OMP_WAIT_POLICY)
-from talkgs.logs import setup_logging
 from talkgs.orchestrate import reproduce
 
 
@@ -26,7 +25,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[1], help="repository root")
     p.add_argument("--dry-run", action="store_true", help="print the stage order, run nothing")
     args = p.parse_args(argv)
-    setup_logging()
     result = reproduce(args.root, subjects=args.subject or None, dry_run=args.dry_run)
     return 0 if result.ok else 1
 

@@ -170,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(args.verbose)
+    if args.command != "repro":  # the Prefect flow logs through Prefect's own console handler
+        setup_logging(args.verbose)
     from talkgs.config import ConfigError
     from talkgs.io.media import MediaError
 

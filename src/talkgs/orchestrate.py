@@ -56,6 +56,7 @@ def _subprocess_env() -> dict[str, str]:
     env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
     env.setdefault("DVC_NO_ANALYTICS", "1")
     env.setdefault("PYTHONUNBUFFERED", "1")
+    env["TALKGS_PLAIN_LOGS"] = "1"  # the task logger adds its own time/level prefix
     return env
 
 
@@ -99,7 +100,8 @@ def list_stages(root: Path, subjects: list[str] | None = None) -> list[str]:
 def _run_dvc_stage(stage: str, root: Path, emit: Any) -> str:
     """Run one stage with ``dvc repro --single-item``; stream its output through ``emit``.
 
-    Returns ``"skipped"`` when DVC found it up to date, else ``"ran"``.
+    Returns ``"skipped"`` when DVC found it up to date, ``"restored"`` when DVC's run cache
+    had its outputs, else ``"ran"``.
     """
     cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage]
     try:
@@ -123,7 +125,11 @@ def _run_dvc_stage(stage: str, root: Path, emit: Any) -> str:
             raise DvcLockBusy(f"DVC repository lock busy while running {stage}; another `dvc` is running in {root}")
         tail = "\n".join(lines[-15:])
         raise StageFailed(f"stage {stage} failed (dvc exit {rc}); last output:\n{tail}")
-    return "skipped" if "didn't change, skipping" in text else "ran"
+    if "didn't change, skipping" in text:
+        return "skipped"
+    if "is cached - skipping run" in text:
+        return "restored"
+    return "ran"
 
 
 def _slug(text: str) -> str:
