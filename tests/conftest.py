@@ -163,3 +163,28 @@ def astronaut_landmarks():  # noqa: ANN201 - float32 [478, 3]
         lm = mesh.process(data.astronaut())
     assert lm is not None
     return lm
+
+
+def speech_like_wav(path, seconds: float, sr: int = 16000, seed: int = 0):  # noqa: ANN001, ANN201
+    """A 16 kHz wav of amplitude-modulated harmonics (speech-like energy changes), for tests."""
+    import numpy as np
+
+    from talkgs.io.media import write_wav
+
+    t = np.arange(int(seconds * sr)) / sr
+    rng = np.random.default_rng(seed)
+    env = 0.5 + 0.5 * np.sin(2 * np.pi * 3.0 * t + rng.uniform(0, 6))
+    x = sum(np.sin(2 * np.pi * f * t) / k for k, f in enumerate((140, 280, 420, 900, 2300), 1))
+    write_wav(path, 0.2 * env * x / 3 + 0.01 * rng.standard_normal(len(t)), sr)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_subject_dir(tiny_subject, tmp_path_factory):  # noqa: ANN001, ANN201
+    """:func:`tiny_subject` written as a pipeline subject folder (extract/segment/features)."""
+    from talkgs.train.synthetic import write_subject_folder
+
+    root = tmp_path_factory.mktemp("subject") / "tiny"
+    wav = speech_like_wav(tmp_path_factory.mktemp("wav") / "speech.wav", tiny_subject.n_frames / tiny_subject.fps + 0.1)
+    write_subject_folder(tiny_subject, root, wav)
+    return root

@@ -10,7 +10,10 @@ import pytest
 
 from talkgs.cli import build_parser, main
 
-COMMANDS = ["make-demo", "add-subject", "subjects", "extract", "segment", "params", "repro"]
+COMMANDS = [
+    "make-demo", "add-subject", "subjects", "audios", "extract", "segment", "track", "features", "audio-features",
+    "params", "repro",
+]
 
 
 def test_every_command_has_help(capsys):

@@ -51,33 +51,38 @@ def cmd_add_subject(args: argparse.Namespace) -> int:
 
 
 def cmd_subjects(args: argparse.Namespace) -> int:
+    """`talkgs subjects ...` and `talkgs audios ...`: list / enable / disable."""
     from talkgs import subjects
+    from talkgs.config import ConfigError
 
+    kind = args.command  # "subjects" or "audios"
+    built, catalog = subjects.GROUPS[kind]
     pf = args.root / "params.yaml"
+    if args.action in ("enable", "disable") and not args.names and not args.all:
+        raise ConfigError(f"`talkgs {kind} {args.action}` needs names (or --all with enable)")
     if args.action == "enable":
-        names = args.names
-        if args.all:
-            names = sorted(_params(args).catalog)
-        moved = subjects.enable(names, pf)
+        names = sorted(getattr(_params(args), catalog)) if args.all else args.names
+        moved = subjects.enable(names, pf, kind=kind)
         print(f"enabled: {', '.join(moved) or '(nothing new)'}")
         return 0
     if args.action == "disable":
-        moved = subjects.disable(args.names, pf)
+        moved = subjects.disable(args.names, pf, kind=kind)
         print(f"disabled: {', '.join(moved)}")
         return 0
     params = _params(args)
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="talkgs subjects")
-    for c in ("name", "status", "video", "resolution", "note"):
+    table = Table(title=f"talkgs {kind}")
+    for c in ("name", "status", "path", "note"):
         table.add_column(c)
-    for group, status in ((params.subjects, "enabled"), (params.catalog, "catalog")):
-        for name, s in group.items():
-            res = str(s.resolution or params.extract.resolution)
-            exists = (args.root / s.video).exists() or name == "demo"
-            table.add_row(name, status if exists else f"{status} (video missing)", s.video, res, s.note)
-    Console().print(table)
+    for group, status in ((getattr(params, built), "enabled"), (getattr(params, catalog), "catalog")):
+        for name, entry in group.items():
+            path = entry.video if kind == "subjects" else entry.path
+            made_by_demo = path.startswith("data/raw/demo")
+            exists = (args.root / path).exists() or made_by_demo
+            table.add_row(name, status if exists else f"{status} (file missing)", path, entry.note)
+    Console(width=160).print(table)
     return 0
 
 
@@ -85,9 +90,9 @@ def cmd_stage(args: argparse.Namespace) -> int:
     from talkgs import pipeline
 
     params = _params(args)
-    fn = getattr(pipeline, args.command)
-    for subject in args.subject:
-        fn(params, subject, args.root, progress=not args.quiet)
+    fn = getattr(pipeline, args.command.replace("-", "_"))
+    for name in args.subject if args.command != "audio-features" else args.audio:
+        fn(params, name, args.root, progress=not args.quiet)
     return 0
 
 
@@ -135,22 +140,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-dvc", action="store_true", help="do not run `dvc add` (e.g. outside a DVC repo)")
     s.set_defaults(func=cmd_add_subject)
 
-    s = sub.add_parser("subjects", help="list subjects; enable/disable opt-in catalog clips",
-                       description="`talkgs subjects` lists enabled and catalog subjects; `enable NAME...` (or "
-                       "`enable --all`) moves catalog entries into `subjects` so `dvc repro` builds them; "
-                       "`disable NAME...` moves them back.")  # fmt: skip
-    s.add_argument("action", nargs="?", choices=["list", "enable", "disable"], default="list")
-    s.add_argument("names", nargs="*", help="subject names")
-    s.add_argument("--all", action="store_true", help="with enable: every catalog subject")
-    s.set_defaults(func=cmd_subjects)
+    for kind, what, cat in (("subjects", "subjects (videos)", "catalog"), ("audios", "foreign audios", "audio_catalog")):
+        s = sub.add_parser(kind, help=f"list {what}; enable/disable opt-in {cat} entries",
+                           description=f"`talkgs {kind}` lists enabled and {cat} {what}; `enable NAME...` (or "
+                           f"`enable --all`) moves {cat} entries into `{kind}` so `dvc repro` builds them; "
+                           "`disable NAME...` moves them back.")  # fmt: skip
+        s.add_argument("action", nargs="?", choices=["list", "enable", "disable"], default="list")
+        s.add_argument("names", nargs="*", help="names")
+        s.add_argument("--all", action="store_true", help=f"with enable: every {cat} entry")
+        s.set_defaults(func=cmd_subjects)
 
     for name, text in (
         ("extract", "stage extract: constant-25-fps face-centred frames, 16 kHz mono audio, meta.json"),
         ("segment", "stage segment: per-frame label maps, background plate, torso frames, contact sheet"),
+        ("track", "stage track: 478 landmarks, focal search, head poses, optical-flow bundle adjustment"),
+        ("features", "stage features: face signals + audio features into the Parquet cache"),
+        ("audio-features", "stage audio_features: featurise a foreign audio like a subject's own"),
     ):
-        s = sub.add_parser(name, help=text, description=f"Run {text} for the given subject(s), outside DVC. "
+        s = sub.add_parser(name, help=text, description=f"Run {text}, outside DVC. "
                            "Prefer `dvc repro` (it caches); this is for debugging one stage.")  # fmt: skip
-        s.add_argument("--subject", action="append", required=True, help="subject name (repeatable)")
+        if name == "audio-features":
+            s.add_argument("--audio", action="append", required=True, help="audio name from params.yaml audios (repeatable)")
+        else:
+            s.add_argument("--subject", action="append", required=True, help="subject name (repeatable)")
         s.set_defaults(func=cmd_stage)
 
     s = sub.add_parser("params", help="print the fully resolved params.yaml (defaults filled in)")

@@ -8,7 +8,8 @@ so a ``params.yaml`` only has to say what differs.
 
 Subjects: ``subjects`` holds the subjects the pipeline builds (``dvc.yaml`` runs a ``foreach``
 over it); ``catalog`` holds opt-in subjects (the real clips in ``../shared/data``) that
-``talkgs subjects enable NAME`` moves into ``subjects``.
+``talkgs subjects enable NAME`` moves into ``subjects``. Foreign audios work the same way with
+``audios`` / ``audio_catalog`` and ``talkgs audios enable NAME``.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 import yaml
 
 from talkgs.demo import DemoParams
+from talkgs.features.build import FeaturesParams
 from talkgs.preprocess.extract import ExtractParams
 from talkgs.preprocess.segment import SegmentParams
+from talkgs.preprocess.track import TrackParams
 
 T = TypeVar("T")
 
@@ -51,6 +54,16 @@ class SubjectParams:
 
 
 @dataclass(frozen=True)
+class AudioParams:
+    """A foreign (cross-driving) speech recording."""
+
+    path: str
+    """Audio or video file, relative to the repository root (or absolute)."""
+    note: str = ""
+    """Free text: speaker, language, source."""
+
+
+@dataclass(frozen=True)
 class Params:
     """The whole ``params.yaml``."""
 
@@ -58,9 +71,15 @@ class Params:
     """Subjects the pipeline builds (``dvc repro`` runs every stage for each)."""
     catalog: dict[str, SubjectParams] = field(default_factory=dict)
     """Opt-in subjects, not built until ``talkgs subjects enable NAME``."""
+    audios: dict[str, AudioParams] = field(default_factory=dict)
+    """Foreign speech the pipeline featurises (cross-driven synthesis and evaluation)."""
+    audio_catalog: dict[str, AudioParams] = field(default_factory=dict)
+    """Opt-in foreign audios, not built until ``talkgs audios enable NAME``."""
     demo: DemoParams = field(default_factory=DemoParams)
     extract: ExtractParams = field(default_factory=ExtractParams)
     segment: SegmentParams = field(default_factory=SegmentParams)
+    track: TrackParams = field(default_factory=TrackParams)
+    features: FeaturesParams = field(default_factory=FeaturesParams)
 
     def subject(self, name: str) -> SubjectParams:
         if name not in self.subjects:
@@ -71,6 +90,16 @@ class Params:
                 hint = _closest_hint(name, list(self.subjects))
             raise ConfigError(f"unknown subject {name!r} (enabled: {sorted(self.subjects)}).{hint}")
         return self.subjects[name]
+
+    def audio(self, name: str) -> AudioParams:
+        if name not in self.audios:
+            hint = (
+                f" It is in the audio catalog: run `talkgs audios enable {name}`."
+                if name in self.audio_catalog
+                else _closest_hint(name, list(self.audios))
+            )
+            raise ConfigError(f"unknown audio {name!r} (enabled: {sorted(self.audios)}).{hint}")
+        return self.audios[name]
 
     def extract_for(self, name: str) -> ExtractParams:
         """``extract`` params with the subject's overrides applied."""
@@ -189,14 +218,19 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+RESERVED_NAMES = {"raw", "audio"}  # folders of data/ that are not subjects
+
+
 def validate(params: Params, source: str) -> Params:
-    for group in ("subjects", "catalog"):
+    for group in ("subjects", "catalog", "audios", "audio_catalog"):
         for name in getattr(params, group):
             if not SUBJECT_NAME.match(name):
                 raise ConfigError(
-                    f"{source}: {group}.{name}: subject names are lower-case letters, digits and '_' "
+                    f"{source}: {group}.{name}: names are lower-case letters, digits and '_' "
                     f"(starting with a letter, at most 48 characters); rename it."
                 )
+            if group in ("subjects", "catalog") and name in RESERVED_NAMES:
+                raise ConfigError(f"{source}: {group}.{name}: {sorted(RESERVED_NAMES)} are reserved folder names; rename it.")
     return params
 
 

@@ -56,6 +56,12 @@ class DemoError(RuntimeError):
     """The demo clip cannot be made (no face found, bad parameters at run time, ...)."""
 
 
+SECOND_TEXT = (
+    "This sentence was never heard during training. The head you see now is driven by a new voice, "
+    "one frame at a time."
+)
+
+
 @dataclass(frozen=True)
 class DemoParams:
     """Parameters of the built-in demo clip (``params.yaml`` key ``demo``)."""
@@ -88,6 +94,10 @@ class DemoParams:
     """Side of the face-centred crop of the photo, in face widths."""
     crf: int = 18
     """x264 constant rate factor of the mp4 (lower = better quality)."""
+    second_text: str = SECOND_TEXT
+    """A second utterance, never seen in training: the demo's cross-driving audio (``demo_speech2.wav``)."""
+    second_voice: str = "en-us+m3"
+    """espeak-ng voice of the second utterance (another speaker, as in cross-driven evaluation)."""
 
     def __post_init__(self) -> None:
         if not 2.0 <= self.seconds <= 600.0:
@@ -756,3 +766,14 @@ def _progress(it: range, enabled: bool, label: str):
             yield x
             dt = time.perf_counter() - t0
             bar.update(task, advance=1, fps=f"{(k + 1) / dt:.1f}" if dt > 0 else "-")
+
+
+def make_demo_speech2(out: Path, params: DemoParams = DemoParams()) -> dict:
+    """Write the demo's second utterance (``params.second_text``, another voice) as a 16-bit wav.
+
+    It drives the cross-driven synthesis of the demo subject: speech the model never saw.
+    Returns ``{"duration_s", "sample_rate", "text"}``.
+    """
+    speech, sr, _ = synthesize_speech(params.second_text, params.sample_rate, voice=params.second_voice, rate_wpm=params.rate_wpm)
+    write_wav(out, speech, sr)
+    return {"duration_s": round(len(speech) / sr, 3), "sample_rate": sr, "text": params.second_text}

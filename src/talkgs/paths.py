@@ -5,6 +5,9 @@ data/raw/<subject>.<ext>          user videos (`talkgs add-subject`, tracked by 
 data/raw/demo.mp4                 the built-in demo clip (stage make_demo)
 data/<subject>/extract/           frames/, audio.wav, meta.json           (stage extract)
 data/<subject>/segment/           labels/, torso/, background.png, ...    (stage segment)
+data/<subject>/track/             track.npz, report.json, report.png      (stage track)
+data/<subject>/features/          frames.parquet, audio_<enc>.parquet      (stage features)
+data/audio/<audio>/               audio_<enc>.parquet of a foreign audio   (stage audio_features)
 ```
 """
 
@@ -14,6 +17,7 @@ from pathlib import Path
 
 RAW = Path("data/raw")
 DEMO_VIDEO = RAW / "demo.mp4"
+DEMO_SPEECH2 = RAW / "demo_speech2.wav"
 
 
 def subject_dir(subject: str, root: Path = Path(".")) -> Path:
@@ -26,3 +30,15 @@ def extract_dir(subject: str, root: Path = Path(".")) -> Path:
 
 def segment_dir(subject: str, root: Path = Path(".")) -> Path:
     return subject_dir(subject, root) / "segment"
+
+
+def track_dir(subject: str, root: Path = Path(".")) -> Path:
+    return subject_dir(subject, root) / "track"
+
+
+def features_dir(subject: str, root: Path = Path(".")) -> Path:
+    return subject_dir(subject, root) / "features"
+
+
+def audio_dir(audio: str, root: Path = Path(".")) -> Path:
+    return root / "data" / "audio" / audio

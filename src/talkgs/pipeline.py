@@ -22,11 +22,16 @@ def resolve_video(params: Params, subject: str, root: Path) -> Path:
 
 
 def make_demo(params: Params, root: Path, out: Path | None = None, *, progress: bool = True) -> dict:
+    """The demo clip (``data/raw/demo.mp4``) and, with the default output, its second utterance
+    (``data/raw/demo_speech2.wav``, another voice: the demo's cross-driving audio)."""
     from talkgs.demo import make_demo as _make_demo
+    from talkgs.demo import make_demo_speech2
 
-    out = out or root / paths.DEMO_VIDEO
-    info = _make_demo(out, params.demo, progress=progress)
-    log.info("demo clip written to %s", out)
+    info = _make_demo(out or root / paths.DEMO_VIDEO, params.demo, progress=progress)
+    log.info("demo clip written to %s", out or root / paths.DEMO_VIDEO)
+    if out is None:
+        info["speech2"] = make_demo_speech2(root / paths.DEMO_SPEECH2, params.demo)
+        log.info("second utterance written to %s", root / paths.DEMO_SPEECH2)
     return info
 
 
@@ -49,7 +54,47 @@ def segment(params: Params, subject: str, root: Path, *, progress: bool = True) 
     return info
 
 
-STAGES = {"make_demo", "extract", "segment"}
+def track(params: Params, subject: str, root: Path, *, progress: bool = True) -> dict:
+    from talkgs.preprocess.track import track as _track
+
+    out = paths.track_dir(subject, root)
+    report = _track(paths.extract_dir(subject, root), out, params.track, progress=progress)
+    log.info("track %s -> %s", subject, out)
+    return report
+
+
+def features(params: Params, subject: str, root: Path, *, progress: bool = True) -> dict:
+    from talkgs.features.build import build_features
+
+    out = paths.features_dir(subject, root)
+    summary = build_features(
+        paths.extract_dir(subject, root), paths.track_dir(subject, root), out, params.features, progress=progress
+    )
+    log.info("features %s -> %s", subject, out)
+    return summary
+
+
+def audio_features(params: Params, audio: str, root: Path, *, progress: bool = True) -> dict:
+    """Featurise a foreign audio with every encoder of ``features.audio_encoders`` into
+    ``data/audio/<audio>/audio_<encoder>.parquet`` (the same featurisation as a subject's own audio)."""
+    from talkgs.features.build import featurize_audio
+    from talkgs.io.atomic import atomic_dir
+
+    src = Path(params.audio(audio).path)
+    src = src if src.is_absolute() else root / src
+    out = paths.audio_dir(audio, root)
+    summary: dict = {}
+    with atomic_dir(out) as tmp:
+        for enc in params.features.audio_encoders:
+            summary[enc] = featurize_audio(
+                src, tmp / f"audio_{enc}.parquet", params.features.audio_params(enc),
+                device=params.features.device, progress=progress,
+            )  # fmt: skip
+    log.info("audio %s -> %s", audio, out)
+    return summary
+
+
+STAGES = {"make_demo", "extract", "segment", "track", "features", "audio_features"}
 
 
 def stage_main(stage: str, argv: list[str] | None = None) -> None:
@@ -68,7 +113,9 @@ def stage_main(stage: str, argv: list[str] | None = None) -> None:
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; stages: {sorted(STAGES)}")
     parser = argparse.ArgumentParser(prog=f"stages/{stage}.py", description=f"DVC stage {stage}")
-    if stage != "make_demo":
+    if stage == "audio_features":
+        parser.add_argument("--audio", required=True)
+    elif stage != "make_demo":
         parser.add_argument("--subject", required=True)
     parser.add_argument("--root", type=Path, default=Path("."))
     args = parser.parse_args(argv)
@@ -77,6 +124,8 @@ def stage_main(stage: str, argv: list[str] | None = None) -> None:
         params = load_params(args.root / "params.yaml")
         if stage == "make_demo":
             make_demo(params, args.root)
+        elif stage == "audio_features":
+            audio_features(params, args.audio, args.root)
         else:
             globals()[stage](params, args.subject, args.root)
     except (ConfigError, InputError, MediaError) as e:

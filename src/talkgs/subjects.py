@@ -52,48 +52,48 @@ def _edit_params(params_file: Path, edit: Any) -> None:
     write_text(params_file, text)
 
 
-def enable(names: list[str], params_file: Path = Path("params.yaml")) -> list[str]:
-    """Move catalog entries into ``subjects`` (no-op for ones already enabled)."""
-    params = load_params(params_file)
-    for n in names:
-        if n not in params.catalog and n not in params.subjects:
-            raise ConfigError(f"{params_file}: no subject {n!r} in catalog or subjects (catalog: {sorted(params.catalog)})")
+GROUPS = {"subjects": ("subjects", "catalog"), "audios": ("audios", "audio_catalog")}
+"""kind -> (built group, opt-in catalog group) in params.yaml."""
+
+
+def _move(names: list[str], src: str, dst: str, params_file: Path) -> list[str]:
+    """Move entries ``names`` from group ``src`` to ``dst`` of params.yaml (kept ones are skipped)."""
     moved: list[str] = []
 
     def edit(doc: Any) -> None:
         from ruamel.yaml.comments import CommentedMap
 
-        if doc.get("subjects") is None:
-            doc["subjects"] = CommentedMap()
+        if doc.get(dst) is None:
+            doc[dst] = CommentedMap()
         for n in names:
-            if n in doc["subjects"]:
+            if n in doc[dst]:
                 continue
-            doc["subjects"][n] = doc["catalog"].pop(n)
+            doc[dst][n] = doc[src].pop(n)
             moved.append(n)
 
     _edit_params(params_file, edit)
     return moved
 
 
-def disable(names: list[str], params_file: Path = Path("params.yaml")) -> list[str]:
-    """Move subjects back into the catalog (their outputs stay on disk and in the DVC cache)."""
+def enable(names: list[str], params_file: Path = Path("params.yaml"), kind: str = "subjects") -> list[str]:
+    """Move catalog entries into the built set (``subjects`` or ``audios``); no-op for enabled ones."""
+    built, catalog = GROUPS[kind]
     params = load_params(params_file)
+    have_built, have_cat = getattr(params, built), getattr(params, catalog)
     for n in names:
-        if n not in params.subjects:
-            raise ConfigError(f"{params_file}: subject {n!r} is not enabled (enabled: {sorted(params.subjects)})")
-    moved: list[str] = []
+        if n not in have_cat and n not in have_built:
+            raise ConfigError(f"{params_file}: no {kind[:-1]} {n!r} in {catalog} or {built} ({catalog}: {sorted(have_cat)})")
+    return _move([n for n in names if n not in have_built], catalog, built, params_file)
 
-    def edit(doc: Any) -> None:
-        from ruamel.yaml.comments import CommentedMap
 
-        if doc.get("catalog") is None:
-            doc["catalog"] = CommentedMap()
-        for n in names:
-            doc["catalog"][n] = doc["subjects"].pop(n)
-            moved.append(n)
-
-    _edit_params(params_file, edit)
-    return moved
+def disable(names: list[str], params_file: Path = Path("params.yaml"), kind: str = "subjects") -> list[str]:
+    """Move built entries back into the catalog (their outputs stay on disk and in the DVC cache)."""
+    built, catalog = GROUPS[kind]
+    have_built = getattr(load_params(params_file), built)
+    for n in names:
+        if n not in have_built:
+            raise ConfigError(f"{params_file}: {kind[:-1]} {n!r} is not enabled (enabled: {sorted(have_built)})")
+    return _move(names, built, catalog, params_file)
 
 
 def add_subject(
