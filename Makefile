@@ -52,10 +52,14 @@ $(STAMP): pyproject.toml constraints.txt
 	@test -d .dvc || $(BIN)/dvc init --quiet
 	@touch $@
 
+# the last stages of the demo subject; dvc repro runs everything upstream of them
+DEMO_TARGETS := segment@demo features@demo audio_features@demo_speech2
+
 demo: setup
-	@echo "[demo] dvc repro: make_demo -> extract -> segment for subject 'demo'"
-	$(BIN)/dvc repro make_demo extract@demo segment@demo
-	@echo "[demo] outputs: data/raw/demo.mp4, data/demo/extract/, data/demo/segment/ (contact_sheet.png)"
+	@echo "[demo] dvc repro $(DEMO_TARGETS) (and everything upstream: make_demo, extract, track)"
+	$(BIN)/dvc repro $(DEMO_TARGETS)
+	@echo "[demo] outputs: data/raw/demo.mp4, data/demo/{extract,segment,track,features}/, data/audio/demo_speech2/"
+	@echo "[demo] look at: data/demo/segment/contact_sheet.png, data/demo/track/report.png, data/demo/features/blink_sheet.png"
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
