@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from talkgs.io.media import VideoWriter, write_wav
+from talkgs.progress import iterate
 from talkgs.tts import SpeechEvent, synthesize_speech
 
 log = logging.getLogger(__name__)
@@ -721,7 +722,7 @@ def make_demo(
         if wav is not None:
             write_wav(wav, audio, sr)
         with VideoWriter(out, fps=p.fps, audio=wav_tmp, crf=p.crf) as writer:
-            for i in _progress(range(n_frames), progress, "make-demo: rendering frames"):
+            for i in iterate(range(n_frames), progress, "make-demo: rendering frames"):
                 st = _FrameState(float(opening[i]), float(rounding[i]), float(closure[i]), pose[i])
                 writer.write(renderer.render(st))
                 lip_gap.append(max(0.0, opening[i] * renderer.max_gap) / rig.H)
@@ -748,24 +749,6 @@ def make_demo(
     }
     log.info("make-demo: %s (%d frames, %.1f s, %d blinks) in %.1f s", out, n_frames, duration, len(blink_frames), elapsed)
     return info
-
-
-def _progress(it: range, enabled: bool, label: str):
-    if not enabled:
-        yield from it
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[fps]} frames/s"),
-        TimeRemainingColumn(), transient=False,
-    ) as bar:  # fmt: skip
-        task = bar.add_task(label, total=len(it), fps="-")
-        t0 = time.perf_counter()
-        for k, x in enumerate(it):
-            yield x
-            dt = time.perf_counter() - t0
-            bar.update(task, advance=1, fps=f"{(k + 1) / dt:.1f}" if dt > 0 else "-")
 
 
 def make_demo_speech2(out: Path, params: DemoParams = DemoParams()) -> dict:

@@ -286,7 +286,7 @@ class TransformersEncoder(AudioEncoder):
             raise ValueError(f"{self.name}: need at least {self.receptive} samples, got {len(x)}")
         out = np.zeros((n_total, self.dim), np.float32)
         starts = list(range(0, n_total, self.chunk_frames))
-        from talkgs.preprocess.track import progress_bar
+        from talkgs.progress import progress_bar
 
         with progress_bar(progress and len(starts) > 1, "chunks") as bar:
             task = bar.add_task(f"{self.name} encoder", total=len(starts), rate=0.0)

@@ -57,6 +57,7 @@ from talkgs.io.atomic import atomic_dir, write_json
 from talkgs.io.media import MediaError, write_wav
 from talkgs.io.video import FrameReader, PacketTimes, VideoProbe, packet_times, probe, read_audio
 from talkgs.preprocess.errors import InputError
+from talkgs.progress import Rate, progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -159,46 +160,6 @@ def split_indices(n_frames: int, test_fraction: float) -> tuple[int, int]:
     frac = Fraction(test_fraction).limit_denominator(10_000)
     n_train = n_frames * (frac.denominator - frac.numerator) // frac.denominator
     return int(n_train), int(n_frames - n_train)
-
-
-def _progress(enabled: bool, unit: str = "frames"):  # noqa: ANN202 - rich type only when enabled
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]:>7.1f} " + unit + "/s"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        disable=not enabled,
-        transient=False,
-    )
-
-
-class _Rate:
-    """frames/s for the progress bar, updated at most 4x a second."""
-
-    def __init__(self) -> None:
-        self.t0 = time.perf_counter()
-        self.last = 0.0
-
-    def due(self) -> bool:
-        now = time.perf_counter()
-        if now - self.last > 0.25:
-            self.last = now
-            return True
-        return False
-
-    def rate(self, n: int) -> float:
-        return n / max(time.perf_counter() - self.t0, 1e-9)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -330,9 +291,9 @@ def detect_faces(video: Path, info: VideoProbe, timing: Timing, params: ExtractP
     ]
     n_fallback = 0
     try:
-        with _progress(progress) as bar, FrameReader(video, width=sw, height=sh, vf=vf, keyframes_only=keyframes_only) as reader:
+        with progress_bar(progress) as bar, FrameReader(video, width=sw, height=sh, vf=vf, keyframes_only=keyframes_only) as reader:
             task = bar.add_task("face detection", total=expected, rate=0.0)
-            rate_meter = _Rate()
+            rate_meter = Rate()
             for i, frame in enumerate(reader):
                 t = i * period
                 found = detectors[0].process(frame).detections
@@ -574,9 +535,9 @@ def extract(video: Path, out_dir: Path, params: ExtractParams, *, progress: bool
         (tmp / "frames").mkdir()
         enc = [cv2.IMWRITE_JPEG_QUALITY, params.jpeg_quality]
         try:
-            with _progress(progress) as bar, FrameReader(video, width=res, height=res, vf=vf) as reader:
+            with progress_bar(progress) as bar, FrameReader(video, width=res, height=res, vf=vf) as reader:
                 task = bar.add_task("extract frames", total=expected_frames, rate=0.0)
-                meter = _Rate()
+                meter = Rate()
                 for frame in reader:
                     ok, buf = cv2.imencode(".jpg", frame[:, :, ::-1], enc)
                     if not ok:  # pragma: no cover - OpenCV failure

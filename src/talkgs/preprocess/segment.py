@@ -93,7 +93,8 @@ import numpy as np
 from talkgs.io.atomic import atomic_dir, write_json
 from talkgs.preprocess import facemesh as fmesh
 from talkgs.preprocess.errors import InputError
-from talkgs.preprocess.extract import FRAME_PATTERN, _progress, _Rate
+from talkgs.preprocess.extract import FRAME_PATTERN
+from talkgs.progress import Rate, progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -525,10 +526,10 @@ def background_plate(
     near_w = np.zeros((h, w), np.float32)
     with (
         mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=params.selfie_model) as seg,
-        _progress(progress) as bar,
+        progress_bar(progress) as bar,
     ):
         task = bar.add_task("background plate", total=len(indices), rate=0.0)
-        meter = _Rate()
+        meter = Rate()
         for k, i in enumerate(indices):
             frame_u8 = _read_rgb(extract_dir / FRAME_PATTERN.format(i))
             prob = seg.process(frame_u8).segmentation_mask
@@ -763,10 +764,10 @@ def segment(extract_dir: Path, out_dir: Path, params: SegmentParams, *, progress
         with (
             mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=params.selfie_model) as seg,
             fmesh.FaceMesh(min_detection_confidence=params.face_confidence, min_tracking_confidence=params.tracking_confidence) as mesh,
-            _progress(progress) as bar,
+            progress_bar(progress) as bar,
         ):
             task = bar.add_task("segment", total=n, rate=0.0)
-            meter = _Rate()
+            meter = Rate()
             nxt = pool.submit(read, 0)
             for i in range(n):
                 frame = nxt.result()

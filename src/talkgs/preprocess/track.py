@@ -80,6 +80,7 @@ from talkgs.io.atomic import atomic_dir, write_json
 from talkgs.preprocess import facemesh as fm
 from talkgs.preprocess import refine
 from talkgs.preprocess.errors import InputError
+from talkgs.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -251,17 +252,6 @@ def _iter_frames(info: ExtractInfo, prefetch: int = 4) -> Iterator[tuple[int, np
             if i + prefetch < info.n_frames:
                 pending.append(ex.submit(load, i + prefetch))
             yield i, img
-
-
-def progress_bar(enabled: bool, unit: str = "frames"):  # noqa: ANN201 - rich type
-    """One rich progress bar (description, bar, n/total, rate, elapsed, remaining)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]:>6.1f} " + unit + "/s"), TimeElapsedColumn(), TimeRemainingColumn(),
-        disable=not enabled,
-    )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------
