@@ -1,0 +1,206 @@
+"""Canonical Gaussians: the head's mean shape and appearance, before any per-frame deformation.
+
+A canonical component turns the per-Gaussian parameter dict (:class:`GaussianParams`) into the
+raw attributes of every Gaussian (:class:`GaussianAttributes`) plus a per-Gaussian feature that
+deformers consume. Interface (duck-typed; see :class:`TriplaneCanonical`):
+
+- ``extra_tensors(means, rgb, log_scales) -> dict``: per-Gaussian tensors it needs in the
+  parameter dict besides ``means`` (initialised from the point cloud), e.g. explicit colours.
+- ``forward(gaussians) -> (features [N, F] | None, GaussianAttributes)``.
+- ``feature_dim``: ``F`` (0 when it has no features).
+- ``param_groups() -> dict[str, list[Parameter]]``: its non-per-Gaussian parameters by group
+  name (the training phases give each group a learning rate).
+- ``per_gaussian_groups() -> dict[str, list[str]]``: which parameter-dict keys form which group.
+
+Registered: ``triplane_mlp`` (GaussianTalker: triplane features → shared MLP trunk → heads for
+rotation, scale, SH, opacity) and ``explicit`` (vanilla 3DGS: every attribute stored per Gaussian).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from talkgs.models.gaussians import GaussianAttributes, GaussianParams, inverse_sigmoid, num_sh_bases, rgb_to_sh
+from talkgs.models.registry import build, register
+
+__all__ = ["TriplaneCanonical", "ExplicitCanonical", "mlp"]
+
+
+def mlp(in_dim: int, hidden: int, out_dim: int, layers: int, *, final_act: bool = False) -> nn.Sequential:
+    """``layers`` hidden Linear+ReLU blocks of width ``hidden`` then a Linear to ``out_dim``
+    (``layers = 0``: one Linear)."""
+    mods: list[nn.Module] = []
+    d = in_dim
+    for _ in range(layers):
+        mods += [nn.Linear(d, hidden), nn.ReLU(inplace=True)]
+        d = hidden
+    mods.append(nn.Linear(d, out_dim))
+    if final_act:
+        mods.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*mods)
+
+
+def _init_head(head: nn.Sequential, bias: Tensor, weight_scale: float) -> None:
+    last = head[-1]
+    assert isinstance(last, nn.Linear)
+    with torch.no_grad():
+        last.weight.mul_(weight_scale)
+        last.bias.copy_(bias)
+
+
+@register("canonical", "triplane_mlp")
+class TriplaneCanonical(nn.Module):
+    """GaussianTalker's canonical model: ``kappa = phi_shared(f(mu))``, ``r, s, SH, alpha = phi_*(kappa)``.
+
+    Only ``means`` is stored per Gaussian; the other attributes are predicted from the spatial
+    encoder's features. Heads start at the initial values (``init_*``: the bias of the last
+    layer, with its weights scaled by ``head_init_scale``) so training starts from a sensible
+    point cloud.
+
+    Args:
+        encoder: spatial encoder config, ``{"name": ..., **kwargs}`` (registry kind ``spatial_encoder``).
+        hidden: width of the shared trunk and heads.
+        trunk_layers: hidden layers of ``phi_shared``.
+        head_layers: hidden layers of each attribute head (0 = linear).
+        sh_degree: SH degree of the colours.
+        init_opacity: opacity every Gaussian starts with.
+        init_log_scale: log scale every Gaussian starts with (set from the point spacing).
+        init_rgb: colour every Gaussian starts with (the mean head colour).
+        head_init_scale: factor on the last-layer weights at init.
+    """
+
+    def __init__(
+        self,
+        *,
+        encoder: dict[str, Any],
+        hidden: int = 64,
+        trunk_layers: int = 1,
+        head_layers: int = 1,
+        sh_degree: int = 3,
+        init_opacity: float = 0.1,
+        init_log_scale: float = -4.0,
+        init_rgb: tuple[float, float, float] = (0.5, 0.5, 0.5),
+        head_init_scale: float = 0.1,
+    ) -> None:
+        super().__init__()
+        enc = dict(encoder)
+        self.encoder = build("spatial_encoder", enc.pop("name"), **enc)
+        f = self.encoder.out_dim
+        self.sh_degree = sh_degree
+        self.k = num_sh_bases(sh_degree)
+        self.trunk = mlp(f, hidden, hidden, trunk_layers, final_act=True)
+        self.rotation = mlp(hidden, hidden, 4, head_layers)
+        self.scale = mlp(hidden, hidden, 3, head_layers)
+        self.color = mlp(hidden, hidden, self.k * 3, head_layers)
+        self.opacity = mlp(hidden, hidden, 1, head_layers)
+        sh_bias = torch.zeros(self.k, 3)
+        sh_bias[0] = rgb_to_sh(torch.tensor(init_rgb, dtype=torch.float32))
+        _init_head(self.rotation, torch.tensor([1.0, 0.0, 0.0, 0.0]), head_init_scale)
+        _init_head(self.scale, torch.full((3,), float(init_log_scale)), head_init_scale)
+        _init_head(self.color, sh_bias.reshape(-1), head_init_scale)
+        _init_head(self.opacity, torch.tensor([float(inverse_sigmoid(init_opacity))]), head_init_scale)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.encoder.out_dim
+
+    def extra_tensors(self, means: Tensor, rgb: Tensor, log_scales: Tensor) -> dict[str, Tensor]:
+        return {}
+
+    def fit_bounds(self, means: Tensor, margin: float) -> None:
+        lo, hi = means.min(0).values, means.max(0).values
+        pad = (hi - lo) * margin
+        self.encoder.set_bounds(lo - pad, hi + pad)
+
+    def forward(self, gaussians: GaussianParams) -> tuple[Tensor, GaussianAttributes]:
+        means = gaussians["means"]
+        f = self.encoder(means)
+        kappa = self.trunk(f)
+        n = means.shape[0]
+        attrs = GaussianAttributes(
+            means=means,
+            quats=self.rotation(kappa),
+            log_scales=self.scale(kappa),
+            opacity_logits=self.opacity(kappa)[:, 0],
+            sh=self.color(kappa).reshape(n, self.k, 3),
+        )
+        return f, attrs
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        net = [p for name, p in self.named_parameters() if not name.startswith("encoder.")]
+        return {"spatial": list(self.encoder.parameters()), "canonical": net}
+
+    def per_gaussian_groups(self) -> dict[str, list[str]]:
+        return {"means": ["means"]}
+
+
+@register("canonical", "explicit")
+class ExplicitCanonical(nn.Module):
+    """Vanilla 3DGS: quats, log-scales, opacity logits and SH stored per Gaussian (parameter-dict
+    keys ``quats, scales, opacities, sh`` in gsplat's raw layout: log scales, opacity logits).
+
+    With ``encoder`` (a spatial encoder config) it also provides features of the canonical
+    positions for deformers (TalkingGaussian-style hash grid / triplane deformation fields).
+    """
+
+    def __init__(
+        self,
+        *,
+        encoder: dict[str, Any] | None = None,
+        sh_degree: int = 3,
+        init_opacity: float = 0.1,
+        **_unused: Any,
+    ) -> None:
+        super().__init__()
+        self.sh_degree = sh_degree
+        self.k = num_sh_bases(sh_degree)
+        self.init_opacity = init_opacity
+        self.encoder = None
+        if encoder is not None:
+            enc = dict(encoder)
+            self.encoder = build("spatial_encoder", enc.pop("name"), **enc)
+
+    @property
+    def feature_dim(self) -> int:
+        return 0 if self.encoder is None else self.encoder.out_dim
+
+    def extra_tensors(self, means: Tensor, rgb: Tensor, log_scales: Tensor) -> dict[str, Tensor]:
+        n = means.shape[0]
+        sh = torch.zeros(n, self.k, 3, dtype=means.dtype, device=means.device)
+        sh[:, 0] = rgb_to_sh(rgb)
+        quats = torch.zeros(n, 4, dtype=means.dtype, device=means.device)
+        quats[:, 0] = 1.0
+        # gsplat / talkgs.render.densify layout: "scales" are log scales, "opacities" logits
+        return {
+            "quats": quats,
+            "scales": log_scales,
+            "opacities": torch.full((n,), float(inverse_sigmoid(self.init_opacity)), dtype=means.dtype, device=means.device),
+            "sh": sh,
+        }
+
+    def fit_bounds(self, means: Tensor, margin: float) -> None:
+        if self.encoder is not None:
+            lo, hi = means.min(0).values, means.max(0).values
+            pad = (hi - lo) * margin
+            self.encoder.set_bounds(lo - pad, hi + pad)
+
+    def forward(self, gaussians: GaussianParams) -> tuple[Tensor | None, GaussianAttributes]:
+        means = gaussians["means"]
+        f = None if self.encoder is None else self.encoder(means)
+        attrs = GaussianAttributes(
+            means=means,
+            quats=gaussians["quats"],
+            log_scales=gaussians["scales"],
+            opacity_logits=gaussians["opacities"],
+            sh=gaussians["sh"],
+        )
+        return f, attrs
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {"spatial": [] if self.encoder is None else list(self.encoder.parameters())}
+
+    def per_gaussian_groups(self) -> dict[str, list[str]]:
+        return {"means": ["means"], "gaussians": ["quats", "scales", "opacities", "sh"]}

@@ -1,0 +1,65 @@
+"""Audio window encoder: ``[W, C]`` feature window → one token ``[D]``."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from talkgs.models.registry import register
+
+__all__ = ["AudioWindowEncoder"]
+
+
+@register("audio_encoder", "window_conv")
+class AudioWindowEncoder(nn.Module):
+    """AD-NeRF / ER-NeRF ``AudioNet``: strided 1-D convolutions over the window, then a linear map.
+
+    ``ceil(log2(W))`` convolutions (kernel 3, stride 2, LeakyReLU 0.02) halve the time axis down to
+    one step; an MLP maps the result to ``dim``. Inputs are standardised per channel with the
+    training audio's statistics (buffers set by :meth:`fit`, saved in checkpoints): raw log-mel
+    or transformer features have arbitrary offsets and scales.
+
+    Args:
+        in_dim: feature channels ``C`` per time step (e.g. 80 mel bands, 29 DeepSpeech logits,
+            1024 HuBERT features).
+        window: time steps ``W`` per frame window.
+        dim: output token size ``D``.
+        hidden: channels of the convolutions.
+    """
+
+    def __init__(self, *, in_dim: int, window: int, dim: int = 64, hidden: int = 64) -> None:
+        super().__init__()
+        if in_dim < 1 or window < 1:
+            raise ValueError(f"AudioWindowEncoder: in_dim and window must be >= 1, found {in_dim}, {window}")
+        self.in_dim, self.window = in_dim, window
+        convs: list[nn.Module] = []
+        c, w = in_dim, window
+        for _ in range(max(0, math.ceil(math.log2(window)))):
+            convs += [nn.Conv1d(c, hidden, kernel_size=3, stride=2, padding=1), nn.LeakyReLU(0.02, inplace=True)]
+            c, w = hidden, (w + 1) // 2
+        self.convs = nn.Sequential(*convs)
+        self.out = nn.Sequential(nn.Linear(c * w, hidden), nn.LeakyReLU(0.02, inplace=True), nn.Linear(hidden, dim))
+        self.register_buffer("mean", torch.zeros(in_dim))
+        self.register_buffer("std", torch.ones(in_dim))
+
+    def fit(self, audio: Tensor) -> None:
+        """Per-channel mean/std from the training windows ``[T, W, C]``."""
+        if audio.ndim != 3 or audio.shape[-1] != self.in_dim:
+            raise ValueError(f"AudioWindowEncoder.fit: expected [T, W, C={self.in_dim}], found {list(audio.shape)}")
+        x = audio.reshape(-1, self.in_dim).to(self.mean)
+        self.mean.copy_(x.mean(0))
+        self.std.copy_(x.std(0, unbiased=False).clamp(min=1e-4))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x [W, C]`` or ``[B, W, C]`` → ``[D]`` or ``[B, D]``."""
+        single = x.ndim == 2
+        if single:
+            x = x[None]
+        if x.ndim != 3 or x.shape[1:] != (self.window, self.in_dim):
+            raise ValueError(f"AudioWindowEncoder: expected [B, W={self.window}, C={self.in_dim}], found {list(x.shape)}")
+        x = (x - self.mean) / self.std
+        h = self.convs(x.transpose(1, 2))  # [B, hidden, 1]
+        y = self.out(h.flatten(1))
+        return y[0] if single else y

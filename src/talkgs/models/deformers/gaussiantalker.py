@@ -1,0 +1,151 @@
+"""GaussianTalker's spatial-audio attention deformer (§4.3, appendix A.1.3).
+
+``z^0 = f(mu_c)``; for ``l = 1..L``: ``z = CA(z, {a, e, v, null}) + z``, ``z = FFN(z) + z``;
+then MLP heads ``psi_mu, psi_r, psi_s, psi_SH, psi_alpha`` map ``z^L`` to the offsets
+``Δmu, Δr, Δs, ΔSH, Δalpha`` added to the canonical raw attributes (eq. 9).
+
+Queries are the ``N`` per-Gaussian features, keys/values the frame's ``T`` condition tokens
+(``T = 4`` for GaussianTalker), so attention costs ``O(N T)``. Pre-layer-norm residual blocks.
+The heads' last layers are zero-initialised: the deformer is exactly the identity at step 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from talkgs.models.canonical import mlp
+from talkgs.models.gaussians import ATTRIBUTES, GaussianAttributes
+from talkgs.models.registry import register
+
+__all__ = ["SpatialAudioAttention", "CrossAttention"]
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention from ``N`` queries ``[N, dim]`` to ``T`` tokens ``[T, token_dim]``."""
+
+    def __init__(self, dim: int, token_dim: int, heads: int) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"CrossAttention: dim={dim} is not divisible by heads={heads}")
+        self.heads, self.dh = heads, dim // heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(token_dim, 2 * dim)
+        self.o = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """Returns the attended values ``[N, dim]`` and the attention weights ``[N, heads, T]``."""
+        n, t = x.shape[0], tokens.shape[0]
+        q = self.q(x).view(n, self.heads, self.dh)
+        k, v = self.kv(tokens).view(t, 2, self.heads, self.dh).unbind(1)
+        att = torch.einsum("nhd,thd->nht", q, k) * self.dh**-0.5
+        att = att.softmax(dim=-1)
+        out = torch.einsum("nht,thd->nhd", att, v).reshape(n, -1)
+        return self.o(out), att
+
+
+DEFAULT_OFFSET_SCALES = {"means": 0.02, "quats": 0.1, "log_scales": 0.1, "opacity_logits": 0.5, "sh": 0.5}
+"""Default output scales of the offset heads (``means`` x extent: 1 unit = 2% of the head radius)."""
+
+OFFSET_DIMS = {"means": 3, "quats": 4, "log_scales": 3, "opacity_logits": 1}
+
+
+@register("deformer", "spatial_audio_attention")
+class SpatialAudioAttention(nn.Module):
+    """Cross-attention deformer.
+
+    Args:
+        feature_dim: per-Gaussian feature size ``F`` (the triplane's output).
+        token_dim: condition token size ``D``.
+        dim: attention width (features are projected to it when ``F != dim``).
+        layers: ``L`` cross-attention + FFN blocks (paper: 2; GaussianTalker* lite: 1).
+        heads: attention heads.
+        ffn_dim: hidden width of each FFN.
+        head_hidden: hidden width of the offset heads.
+        head_layers: hidden layers of each offset head.
+        sh_bases: SH coefficients per channel ``K`` (for ΔSH).
+        attributes: which attributes get offsets (subset of :data:`ATTRIBUTES`).
+        offset_scales: attribute → factor on the head's output (``means``: in units of
+            ``extent``). Puts the heads' outputs in O(1) units whatever the scene units: with
+            Adam every weight moves by ~lr per step, so an unscaled position head in metres
+            jitters by centimetres per step and learns only a constant.
+        extent: scene size (radius of the initial point cloud) the position offsets scale with.
+    """
+
+    needs_tokens = True
+
+    def __init__(
+        self,
+        *,
+        feature_dim: int,
+        token_dim: int,
+        sh_bases: int,
+        dim: int = 64,
+        layers: int = 2,
+        heads: int = 4,
+        ffn_dim: int = 128,
+        head_hidden: int = 64,
+        head_layers: int = 1,
+        attributes: Sequence[str] = ATTRIBUTES,
+        offset_scales: dict[str, float] | None = None,
+        extent: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if feature_dim < 1:
+            raise ValueError("spatial_audio_attention needs per-Gaussian features (a canonical model with a spatial encoder)")
+        bad = set(attributes) - set(ATTRIBUTES)
+        if bad:
+            raise ValueError(f"spatial_audio_attention: unknown attributes {sorted(bad)}; valid: {list(ATTRIBUTES)}")
+        self.attributes = tuple(attributes)
+        scales = dict(DEFAULT_OFFSET_SCALES)
+        scales.update(offset_scales or {})
+        bad = set(scales) - set(ATTRIBUTES)
+        if bad:
+            raise ValueError(f"spatial_audio_attention: offset_scales for unknown attributes {sorted(bad)}")
+        self.offset_scales = {a: float(scales[a]) for a in ATTRIBUTES}
+        self.register_buffer("extent", torch.tensor(float(extent)))  # saved: a loaded model keeps its scale
+        self.sh_bases = sh_bases
+        # features are normalised first: the triplane's products are ~0.01-0.1 in magnitude,
+        # small next to the attention output, and would otherwise barely tell Gaussians apart
+        self.inp = nn.Sequential(nn.LayerNorm(feature_dim), nn.Linear(feature_dim, dim))
+        self.norm_q = nn.ModuleList([nn.LayerNorm(dim) for _ in range(layers)])
+        self.attn = nn.ModuleList([CrossAttention(dim, token_dim, heads) for _ in range(layers)])
+        self.norm_f = nn.ModuleList([nn.LayerNorm(dim) for _ in range(layers)])
+        self.ffn = nn.ModuleList(
+            [nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(), nn.Linear(ffn_dim, dim)) for _ in range(layers)]
+        )
+        self.token_norm = nn.LayerNorm(token_dim)
+        self.heads = nn.ModuleDict()
+        for a in self.attributes:
+            out = OFFSET_DIMS.get(a, sh_bases * 3)
+            head = mlp(dim, head_hidden, out, head_layers)
+            nn.init.zeros_(head[-1].weight)
+            nn.init.zeros_(head[-1].bias)
+            self.heads[a] = head
+        self.last_attention: list[Tensor] = []
+
+    def forward(self, features: Tensor | None, tokens: Tensor | None, attrs: GaussianAttributes) -> dict[str, Tensor]:
+        if features is None or tokens is None:
+            raise ValueError("spatial_audio_attention: needs per-Gaussian features and condition tokens")
+        if tokens.ndim != 2:
+            raise ValueError(f"spatial_audio_attention: expected tokens [T, D], found {list(tokens.shape)}")
+        z = self.inp(features)
+        kv = self.token_norm(tokens)
+        self.last_attention = []
+        for nq, attn, nf, ffn in zip(self.norm_q, self.attn, self.norm_f, self.ffn):
+            a, w = attn(nq(z), kv)
+            self.last_attention.append(w.detach())
+            z = z + a
+            z = z + ffn(nf(z))
+        n = z.shape[0]
+        out: dict[str, Tensor] = {}
+        for a, head in self.heads.items():
+            d = head(z)
+            if a == "opacity_logits":
+                d = d[:, 0]
+            elif a == "sh":
+                d = d.view(n, self.sh_bases, 3)
+            out[a] = d * (self.offset_scales[a] * self.extent if a == "means" else self.offset_scales[a])
+        return out

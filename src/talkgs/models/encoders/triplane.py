@@ -1,0 +1,88 @@
+"""Multi-resolution triplane (GaussianTalker §4.2.1, K-planes style).
+
+Three orthogonal feature planes ``P^{xy}, P^{yz}, P^{zx}`` of ``C`` channels at each resolution
+``R * m`` for ``m`` in ``multires``. A point is normalised into the box ``bounds`` (``[-1, 1]^3``),
+projected onto each plane, bilinearly interpolated; the three plane features are multiplied
+(Hadamard product) and the products of the resolutions are concatenated:
+``f(mu) = concat_m prod_p interp(P_m^p, zeta_p(mu))``, length ``C * len(multires)``.
+
+Paper (appendix A.1.1): ``H = 64`` features, base resolution ``R = 64`` upsampled by 2, i.e.
+``channels=32, resolution=64, multires=(1, 2)`` gives a 64-d feature.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from talkgs.models.registry import register
+
+__all__ = ["Triplane"]
+
+# plane p spans coordinates PLANES[p] (xy, yz, zx)
+PLANES: tuple[tuple[int, int], ...] = ((0, 1), (1, 2), (2, 0))
+
+
+@register("spatial_encoder", "triplane")
+class Triplane(nn.Module):
+    """Multi-resolution triplane feature field.
+
+    Args:
+        channels: feature channels ``C`` per plane and resolution.
+        resolution: base plane resolution ``R``.
+        multires: resolution multipliers; output dimension ``C * len(multires)``.
+        init_low, init_high: planes start uniform in ``[init_low, init_high]`` (K-planes).
+        bounds: ``[2, 3]`` min/max corners of the box mapped to ``[-1, 1]^3``; points outside
+            are clamped to its faces. Stored as a buffer (saved in checkpoints).
+    """
+
+    def __init__(
+        self,
+        *,
+        channels: int = 32,
+        resolution: int = 64,
+        multires: tuple[int, ...] | list[int] = (1, 2),
+        init_low: float = 0.1,
+        init_high: float = 0.5,
+        bounds: Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        if channels < 1 or resolution < 2 or not multires or min(multires) < 1:
+            raise ValueError(f"Triplane: invalid sizes channels={channels} resolution={resolution} multires={multires}")
+        self.channels = channels
+        self.multires = tuple(int(m) for m in multires)
+        self.planes = nn.ParameterList(
+            [
+                nn.Parameter(torch.empty(3, channels, resolution * m, resolution * m).uniform_(init_low, init_high))
+                for m in self.multires
+            ]
+        )
+        if bounds is None:
+            bounds = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
+        self.register_buffer("bounds", torch.as_tensor(bounds, dtype=torch.float32).clone())
+
+    @property
+    def out_dim(self) -> int:
+        return self.channels * len(self.multires)
+
+    def set_bounds(self, lo: Tensor, hi: Tensor) -> None:
+        """Set the box mapped to ``[-1, 1]^3`` (e.g. the initial point cloud's box plus a margin)."""
+        self.bounds.copy_(torch.stack([lo, hi]).to(self.bounds))
+
+    def normalize(self, x: Tensor) -> Tensor:
+        lo, hi = self.bounds[0], self.bounds[1]
+        return ((x - lo) / (hi - lo).clamp(min=1e-8) * 2.0 - 1.0).clamp(-1.0, 1.0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x [N, 3]`` → features ``[N, C * len(multires)]``."""
+        if x.ndim != 2 or x.shape[1] != 3:
+            raise ValueError(f"Triplane: expected positions [N, 3], found {list(x.shape)}")
+        u = self.normalize(x)
+        # grid_sample takes (x=width coord, y=height coord) in [-1, 1]
+        grid = torch.stack([u[:, list(p)] for p in PLANES])[:, None]  # [3, 1, N, 2]
+        feats = []
+        for planes in self.planes:
+            s = F.grid_sample(planes, grid.to(planes.dtype), mode="bilinear", padding_mode="border", align_corners=True)
+            feats.append(s[:, :, 0, :].prod(dim=0).t())  # [N, C]
+        return torch.cat(feats, dim=-1)

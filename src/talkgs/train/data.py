@@ -1,0 +1,352 @@
+"""The ONE adapter between the preprocessing outputs and training / synthesis.
+
+Everything the loop and the renderer need about a subject, loaded once into memory at the
+training resolution (:class:`SubjectData`). Sources, in ``data/<S>/``::
+
+    extract/   frames/%06d.jpg, audio.wav, meta.json (fps, train/test split)
+    segment/   labels/%06d.png (class ids, talkgs.preprocess.segment.LABELS), torso/%06d.jpg,
+               background.png
+    features/  frames.parquet (per frame: world_to_camera, intrinsics, landmarks, blink AU45
+               0-5, ...; metadata: canonical landmark shape), audio_<feature>.parquet (per
+               frame: audio feature window [W, C] aligned to the video frames)
+
+Poses, intrinsics, landmarks, the canonical landmark shape (all from the track stage, carried
+by ``frames.parquet``), blinks and audio windows come from ``features`` through its validating
+readers (:mod:`talkgs.features.cache`). Any missing input is an error naming the stage to run;
+nothing is guessed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from talkgs.models.conditioning.base import FrameCondition
+from talkgs.render.camera import Camera
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SubjectData", "DataError", "load_subject", "audio_features_for_wav", "frame_order", "pingpong"]
+
+
+class DataError(FileNotFoundError):
+    """A preprocessing output the training needs is missing or inconsistent."""
+
+
+@dataclass
+class SubjectData:
+    """One subject in memory, at one resolution (``T`` frames of ``H x W``).
+
+    Attributes:
+        name: subject name (for logs).
+        images: ``uint8 [T, H, W, 3]`` RGB frames.
+        backgrounds: ``uint8 [T, H, W, 3]`` what the head is splatted onto for each frame (the
+            torso frame: background plate + torso with the head removed).
+        plate: ``uint8 [H, W, 3]`` background plate (no person).
+        labels: ``uint8 [T, H, W]`` segmentation class ids, or None.
+        viewmats: ``float32 [T, 4, 4]`` world-to-camera head poses (OpenCV axes).
+        K: ``float32 [3, 3]`` intrinsics at this resolution.
+        landmarks: ``float32 [T, 478, 2]`` tracked landmarks, pixels at this resolution.
+        canonical_landmarks: ``float32 [478, 3]`` the person's rigid landmark shape (world).
+        au45: ``float32 [T]`` blink intensity 0-5.
+        audio: ``float32 [T, W, C]`` audio feature window per frame.
+        train_idx, test_idx: ``int64`` frame indices of the splits.
+        fps: frame rate.
+        audio_path: the subject's wav (for muxing test renders), or None.
+        source_size: extracted resolution (before any resize).
+        audio_feature: name of the audio feature (``mel``, ``hubert``, ...).
+    """
+
+    name: str
+    images: Tensor
+    backgrounds: Tensor
+    plate: Tensor
+    labels: Tensor | None
+    viewmats: Tensor
+    K: Tensor
+    landmarks: Tensor
+    canonical_landmarks: Tensor
+    au45: Tensor
+    audio: Tensor
+    train_idx: Tensor
+    test_idx: Tensor
+    fps: float = 25.0
+    audio_path: Path | None = None
+    source_size: int = 0
+    audio_feature: str = "mel"
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        t, h, w = self.images.shape[:3]
+        checks = {
+            "images": (self.images.shape, (t, h, w, 3)),
+            "backgrounds": (self.backgrounds.shape, (t, h, w, 3)),
+            "plate": (self.plate.shape, (h, w, 3)),
+            "viewmats": (self.viewmats.shape, (t, 4, 4)),
+            "K": (self.K.shape, (3, 3)),
+            "landmarks": (self.landmarks.shape[:1] + self.landmarks.shape[2:], (t, 2)),
+            "canonical_landmarks": (self.canonical_landmarks.shape[1:], (3,)),
+            "au45": (self.au45.shape, (t,)),
+        }
+        if self.labels is not None:
+            checks["labels"] = (self.labels.shape, (t, h, w))
+        for name, (found, want) in checks.items():
+            if tuple(found) != tuple(want):
+                raise ValueError(f"SubjectData {self.name}: {name} has shape {list(found)}, expected {list(want)}")
+        if self.audio.ndim != 3 or self.audio.shape[0] != t:
+            raise ValueError(f"SubjectData {self.name}: audio must be [T={t}, W, C], found {list(self.audio.shape)}")
+        if len(self.train_idx) == 0:
+            raise ValueError(f"SubjectData {self.name}: empty training split")
+        if not self.source_size:
+            self.source_size = w
+
+    # ------------------------------------------------------------------------------------------
+    @property
+    def n_frames(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def height(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def width(self) -> int:
+        return int(self.images.shape[2])
+
+    @property
+    def audio_window(self) -> int:
+        return int(self.audio.shape[1])
+
+    @property
+    def audio_dim(self) -> int:
+        return int(self.audio.shape[2])
+
+    def image(self, i: int, device: torch.device | str = "cpu") -> Tensor:
+        """``float32 [H, W, 3]`` in [0, 1]."""
+        return self.images[i].to(device=device, dtype=torch.float32) / 255.0
+
+    def background(self, i: int, device: torch.device | str = "cpu", kind: str = "torso") -> Tensor:
+        """``float32 [H, W, 3]``: the torso frame (``torso``) or the plate (``plate``)."""
+        src = self.backgrounds[i] if kind == "torso" else self.plate
+        return src.to(device=device, dtype=torch.float32) / 255.0
+
+    def camera(self, i: int, device: torch.device | str = "cpu", viewmat: Tensor | None = None) -> Camera:
+        vm = self.viewmats[i] if viewmat is None else viewmat
+        return Camera(vm.to(device=device, dtype=torch.float32), self.K.to(device=device, dtype=torch.float32), self.width, self.height)
+
+    def condition(self, i: int, device: torch.device | str = "cpu", audio: Tensor | None = None) -> FrameCondition:
+        """Frame ``i``'s conditions (``audio`` replaces its audio window: cross-driving)."""
+        a = self.audio[i] if audio is None else audio
+        return FrameCondition(
+            audio=a.to(device=device, dtype=torch.float32),
+            au45=self.au45[i].to(device=device, dtype=torch.float32),
+            viewmat=self.viewmats[i].to(device=device, dtype=torch.float32),
+        )
+
+    def region_box(self, i: int, region: str, margin: float, min_size: int) -> tuple[int, int, int, int]:
+        """``(y0, y1, x0, x1)`` crop of ``lip`` / ``face`` / ``mouth`` around frame ``i``'s landmarks."""
+        from talkgs.preprocess import facemesh as fm
+        from talkgs.train.losses import region_box
+
+        groups = {"lip": fm.LIPS_OUTER, "mouth": fm.LIPS_OUTER, "face": fm.FACE_OVAL}
+        if region not in groups:
+            raise ValueError(f"unknown region {region!r}; known: {sorted(groups)}")
+        pts = self.landmarks[i, list(groups[region])].numpy()
+        return region_box(pts, margin, min_size, self.width, self.height)
+
+    def resized(self, size: int) -> SubjectData:
+        """This subject at ``size x size`` (images area-resampled, labels nearest, K scaled)."""
+        if size == self.width and size == self.height:
+            return self
+        import cv2
+
+        s = size / self.width
+
+        def rs(x: Tensor, interp: int) -> Tensor:
+            arr = x.numpy()
+            out = np.stack([cv2.resize(a, (size, size), interpolation=interp) for a in arr])
+            return torch.from_numpy(out)
+
+        area = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
+        K = self.K.clone()
+        K[:2] *= s
+        return replace(
+            self,
+            images=rs(self.images, area),
+            backgrounds=rs(self.backgrounds, area),
+            plate=torch.from_numpy(cv2.resize(self.plate.numpy(), (size, size), interpolation=area)),
+            labels=None if self.labels is None else rs(self.labels, cv2.INTER_NEAREST),
+            K=K,
+            landmarks=self.landmarks * s,
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# frame order (a pure function of seed and step: resuming needs no RNG state)
+
+
+def frame_order(n: int, seed: int, step: int) -> int:
+    """Position in ``range(n)`` of the training frame used at ``step``: a fresh permutation per epoch."""
+    epoch, k = divmod(step, n)
+    g = torch.Generator().manual_seed((seed * 1_000_003 + epoch * 7919 + 17) % (2**63))
+    return int(torch.randperm(n, generator=g)[k])
+
+
+def pingpong(k: int, n: int) -> int:
+    """Index ``k`` of the sequence ``0, 1, ..., n-1, n-2, ..., 1, 0, 1, ...`` (looped back and forth)."""
+    if n <= 1:
+        return 0
+    period = 2 * (n - 1)
+    k %= period
+    return k if k < n else period - k
+
+
+# ----------------------------------------------------------------------------------------------
+# loading from the stage folders
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    import cv2
+
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise DataError(f"{path}: missing or unreadable. Rerun the stage that writes it.")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def _read_label(path: Path) -> np.ndarray:
+    import cv2
+
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise DataError(f"{path}: missing or unreadable. Rerun the segment stage.")
+    return img
+
+
+def _load_many(fn, paths: list[Path]) -> np.ndarray:  # noqa: ANN001
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(2) as ex:
+        return np.stack(list(ex.map(fn, paths)))
+
+
+def _need(path: Path, stage: str, subject_dir: Path) -> Path:
+    if not path.exists():
+        raise DataError(f"{path}: not found. Run the {stage} stage for this subject first (`dvc repro {stage}@{subject_dir.name}`).")
+    return path
+
+
+def _load_features(subject_dir: Path, n_frames: int, audio_feature: str) -> tuple[Any, Any]:
+    """``(FramesTable, AudioTable)`` of the features stage (validated by their readers)."""
+    from talkgs.features.cache import CacheError, read_audio_table, read_frames_table
+
+    feat_dir = _need(subject_dir / "features", "features", subject_dir)
+    frames_path = _need(feat_dir / "frames.parquet", "features", subject_dir)
+    audio_path = feat_dir / f"audio_{audio_feature}.parquet"
+    if not audio_path.is_file():
+        have = sorted(p.name for p in feat_dir.glob("audio_*.parquet"))
+        raise DataError(
+            f"{audio_path}: not found (have {have}). The variant uses audio feature {audio_feature!r}: add it to "
+            f"features.audio_encoders in params.yaml and rerun the features stage (`dvc repro features@{subject_dir.name}`)."
+        )
+    try:
+        frames = read_frames_table(frames_path, n_frames=n_frames)
+        audio = read_audio_table(audio_path, n_frames=n_frames, encoder=audio_feature)
+    except CacheError as e:
+        raise DataError(str(e)) from e
+    return frames, audio
+
+
+def load_subject(
+    subject_dir: str | Path,
+    *,
+    resolution: int | None = None,
+    audio_feature: str = "mel",
+    load_labels: bool = True,
+) -> SubjectData:
+    """Load subject ``data/<S>`` (folders ``extract``, ``segment``, ``track``, ``features``).
+
+    Args:
+        subject_dir: the subject folder.
+        resolution: square size to resize to (None: as extracted).
+        audio_feature: which ``audio_<feature>.parquet`` to read.
+        load_labels: also load the label maps (initialisation, region metrics).
+
+    Raises:
+        DataError: an input is missing or inconsistent (message names the stage to run).
+    """
+    subject_dir = Path(subject_dir)
+    ex = _need(subject_dir / "extract", "extract", subject_dir)
+    seg = _need(subject_dir / "segment", "segment", subject_dir)
+    meta = json.loads(_need(ex / "meta.json", "extract", subject_dir).read_text())
+    n = int(meta["output"]["frames"])
+    fps = float(meta["output"]["fps"])
+    pattern = str(meta["output"]["frame_pattern"])
+    n_train = int(meta["split"]["n_train"])
+    frames, audio = _load_features(subject_dir, n, audio_feature)
+    if "canonical_landmarks" not in frames.meta:
+        raise DataError(f"{subject_dir / 'features' / 'frames.parquet'}: metadata lacks canonical_landmarks; rerun the features stage")
+    images = _load_many(_read_rgb, [ex / (pattern % i) for i in range(n)])
+    torso = _load_many(_read_rgb, [seg / "torso" / f"{i:06d}.jpg" for i in range(n)])
+    plate = _read_rgb(_need(seg / "background.png", "segment", subject_dir))
+    labels = _load_many(_read_label, [seg / "labels" / f"{i:06d}.png" for i in range(n)]) if load_labels else None
+    size = images.shape[2]
+    img_size = frames.meta.get("image_size")
+    if img_size is not None and list(img_size) != [images.shape[2], images.shape[1]]:
+        raise DataError(f"{subject_dir / 'features'}: built for {img_size} frames, extract has {images.shape[2]}x{images.shape[1]}; rerun track and features")
+    fx, fy, cx, cy = (float(v) for v in frames.intrinsics[0])
+    K = np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]], np.float32)
+    split_train = int((frames.split == "train").sum())
+    if split_train != n_train:
+        raise DataError(f"{subject_dir}: features split has {split_train} train frames, extract meta says {n_train}; rerun the features stage")
+    data = SubjectData(
+        name=subject_dir.name,
+        images=torch.from_numpy(images),
+        backgrounds=torch.from_numpy(torso),
+        plate=torch.from_numpy(plate),
+        labels=None if labels is None else torch.from_numpy(labels),
+        viewmats=torch.from_numpy(np.array(frames.world_to_camera, np.float32)),
+        K=torch.from_numpy(K),
+        landmarks=torch.from_numpy(np.array(frames.landmarks[..., :2], np.float32)),
+        canonical_landmarks=torch.tensor(frames.meta["canonical_landmarks"], dtype=torch.float32),
+        au45=torch.from_numpy(np.array(frames.blink, np.float32)),
+        audio=torch.from_numpy(np.array(audio.features, np.float32)),
+        train_idx=torch.arange(0, n_train),
+        test_idx=torch.arange(n_train, n),
+        fps=fps,
+        audio_path=ex / str(meta["output"]["audio"]),
+        source_size=size,
+        audio_feature=audio_feature,
+        info={"subject_dir": str(subject_dir), "audio_params": audio.meta.get("params", {}), "mouth_open": frames.mouth_open.tolist()},
+    )
+    if resolution is not None and resolution != size:
+        data = data.resized(resolution)
+    return data
+
+
+def audio_features_for_wav(
+    wav: str | Path, feature: str, *, fps: float = 25.0, audio_params: dict[str, Any] | None = None, n_frames: int | None = None
+) -> Tensor:
+    """Audio windows ``float32 [T, W, C]`` of any audio file through the features stage's encoder
+    (:func:`talkgs.features.encode_wav`), aligned to ``fps``.
+
+    ``audio_params``: the encoder settings the subject's features were built with (the
+    ``params`` of its ``audio_<feature>.parquet`` metadata, :attr:`SubjectData.info`), so
+    the windows match what the model was trained on.
+    """
+    import dataclasses
+
+    from talkgs.features.audio import AudioEncoderParams, encode_wav
+
+    known = {f.name for f in dataclasses.fields(AudioEncoderParams)}
+    kw = {k: v for k, v in (audio_params or {}).items() if k in known}
+    kw.update(name=feature, fps=fps)
+    arr = encode_wav(Path(wav), AudioEncoderParams(**kw), n_frames=n_frames)
+    return torch.from_numpy(np.ascontiguousarray(arr, np.float32))

@@ -1,0 +1,145 @@
+"""The training loop: every registered variant trains a few steps; resume = uninterrupted;
+outputs (checkpoint, config.yaml, curves.csv); config round trip; schedules."""
+
+from __future__ import annotations
+
+import talkgs  # noqa: F401
+import csv
+import dataclasses
+
+import pytest
+import torch
+import yaml
+
+from talkgs.config import ConfigError, from_dict, to_dict
+from talkgs.train.checkpoint import CheckpointError, load_checkpoint
+from talkgs.train.loop import train
+from talkgs.train.params import BUILTIN_PRESETS, BUILTIN_VARIANTS, LRParams, TrainParams, VariantParams, builtin_variant
+from talkgs.train.schedule import locate, lr_at
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN_VARIANTS))
+def test_every_variant_trains_a_few_steps(name, tiny_subject, tiny_variant, tmp_path) -> None:
+    v = tiny_variant(name)
+    seen: list[dict] = []
+    res = train(tiny_subject, tmp_path, v, progress=False, on_step=lambda s, l: seen.append(l))
+    assert res["finished"] and res["steps"] == v.total_iterations == len(seen) >= 4
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in seen)
+    for f in ("checkpoint.pt", "config.yaml", "curves.csv"):
+        assert (tmp_path / f).is_file(), f
+    ck = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert ck["finished"] and ck["step"] == v.total_iterations
+    assert ck["model_meta"]["n"] == res["gaussians"] <= v.model.init.max_gaussians
+    cfg = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert from_dict(VariantParams, cfg["variant"]) == v  # the resolved config round-trips
+    rows = list(csv.DictReader((tmp_path / "curves.csv").open()))
+    assert rows and {"step", "phase", "loss", "gaussians", "it_s", "loss_l1"} <= set(rows[0])
+    phases = {p.name for p in v.phases}
+    assert {r["phase"] for r in rows} <= phases
+    if any(p.deform for p in v.phases) and v.model.deformer.name != "identity":
+        assert any("lip" in r for r in seen)  # the deformation phase adds the lip loss
+
+
+def test_deformation_phase_trains_the_deformer_only_there(tiny_subject, tiny_variant, tmp_path) -> None:
+    v = tiny_variant("gaussiantalker")
+    train(tiny_subject, tmp_path / "init", v, progress=False, until_step=0)
+    train(tiny_subject, tmp_path / "a", v, progress=False, until_step=v.phases[0].iterations)
+    m0 = load_checkpoint(tmp_path / "init" / "checkpoint.pt")["model"]
+    m1 = load_checkpoint(tmp_path / "a" / "checkpoint.pt")["model"]
+    deformer = [k for k in m0 if k.startswith(("deformer.", "tokens."))]
+    assert deformer and all(torch.equal(m0[k], m1[k]) for k in deformer)  # frozen in the canonical phase
+    assert not torch.equal(m0["canonical.encoder.planes.0"], m1["canonical.encoder.planes.0"])
+    train(tiny_subject, tmp_path / "a", v, progress=False)
+    m2 = load_checkpoint(tmp_path / "a" / "checkpoint.pt")["model"]
+    assert any(not torch.equal(m1[k], m2[k]) for k in deformer if k.startswith("deformer.heads."))
+    assert torch.equal(m1["gaussians.params.means"], m2["gaussians.params.means"])  # positions frozen there
+
+
+def test_killed_run_resumes_to_the_same_result(tiny_subject, tiny_variant, tmp_path) -> None:
+    """Stopped twice (inside the densifying canonical phase and inside the deformation phase),
+    resumed from its checkpoints: bitwise the same model as one uninterrupted run."""
+    v = tiny_variant("gaussiantalker", steps_per_phase=4, checkpoint_every=100)
+    full = train(tiny_subject, tmp_path / "full", v, progress=False, seed=3)
+    a = tmp_path / "resumed"
+    r1 = train(tiny_subject, a, v, progress=False, seed=3, until_step=3)
+    assert not r1["finished"] and load_checkpoint(a / "checkpoint.pt")["step"] == 3
+    train(tiny_subject, a, v, progress=False, seed=3, until_step=6)
+    r3 = train(tiny_subject, a, v, progress=False, seed=3)
+    assert r3["finished"] and r3["steps"] == full["steps"] == 8
+    m_full = load_checkpoint(tmp_path / "full" / "checkpoint.pt")["model"]
+    m_res = load_checkpoint(a / "checkpoint.pt")["model"]
+    assert m_full.keys() == m_res.keys()
+    for k in m_full:
+        assert torch.equal(m_full[k], m_res[k]), k
+    # a finished run returns at once; another seed starts over
+    again = train(tiny_subject, a, v, progress=False, seed=3)
+    assert again["steps"] == 8 and again["wall_s_this_run"] < full["wall_s_this_run"] + 5
+    c_full = (tmp_path / "full" / "curves.csv").read_text().splitlines()
+    c_res = (a / "curves.csv").read_text().splitlines()
+    assert [r.split(",")[:6] for r in c_full] == [r.split(",")[:6] for r in c_res]  # same losses (timings differ)
+
+
+def test_checkpoint_is_versioned_and_checked(tmp_path) -> None:
+    from talkgs.train.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / "c.pt", {"step": 1})
+    assert load_checkpoint(tmp_path / "c.pt")["format_version"] == 1
+    torch.save({"format_version": 99, "kind": "talkgs.train"}, tmp_path / "old.pt")
+    with pytest.raises(CheckpointError, match="format 99"):
+        load_checkpoint(tmp_path / "old.pt")
+    with pytest.raises(CheckpointError, match="Train the model first"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_builtin_variants_and_presets_parse_strictly() -> None:
+    tp = TrainParams()
+    assert set(tp.variants) == set(BUILTIN_VARIANTS) and set(tp.presets) == set(BUILTIN_PRESETS)
+    gt = tp.variants["gaussiantalker"]
+    assert gt == dataclasses.replace(VariantParams(), description=gt.description)  # defaults = GaussianTalker
+    assert [p.name for p in gt.phases] == ["canonical", "deformation"] and gt.total_iterations == 16000
+    assert gt.model.deformer.layers == 2 and tp.variants["gaussiantalker_lite"].model.deformer.layers == 1
+    assert tp.variants["static"].model.deformer.name == "identity"
+    assert gt.phases[1].losses == {"l1": 0.8, "dssim": 0.2, "lpips": 0.01, "lip": 0.8}
+    cpu = from_dict(TrainParams, {"preset": "cpu"}).variant("gaussiantalker")
+    assert cpu.render.resolution == 128 and all(p.losses.get("lpips", 0) == 0 for p in cpu.phases)
+    # YAML round trip of everything
+    assert from_dict(TrainParams, yaml.safe_load(yaml.safe_dump(to_dict(tp)))) == tp
+    with pytest.raises(ConfigError, match="Did you mean 'deformer'"):
+        from_dict(TrainParams, {"variants": {"x": {"model": {"deformr": {}}}}})
+    with pytest.raises(ConfigError, match="unknown parameter groups"):
+        from_dict(TrainParams, {"variants": {"x": {"phases": [{"lr": {"triplane": {"start": 1.0}}}]}}})
+    with pytest.raises(ConfigError, match="preset"):
+        from_dict(TrainParams, {"preset": "gpu"})
+    with pytest.raises(KeyError, match="gaussiantalker"):
+        tp.variant("gaussiantalk")
+
+
+def test_schedule() -> None:
+    v = builtin_variant("gaussiantalker")
+    assert locate(v.phases, 0) == (0, 0) and locate(v.phases, 8000) == (1, 0) and locate(v.phases, 15999) == (1, 7999)
+    with pytest.raises(ValueError):
+        locate(v.phases, 16000)
+    lr = LRParams(start=1e-2, end=1e-4)
+    assert lr_at(lr, 0, 101) == pytest.approx(1e-2) and lr_at(lr, 100, 101) == pytest.approx(1e-4)
+    assert lr_at(lr, 50, 101) == pytest.approx(1e-3)
+    assert lr_at(LRParams(start=1e-3, warmup=10), 4, 100) == pytest.approx(5e-4)
+    assert lr_at(LRParams(start=1e-3, relative_to_extent=True), 0, 10, extent=2.0) == pytest.approx(2e-3)
+
+
+def test_densification_grows_to_the_cap(tiny_subject, tiny_variant, tmp_path) -> None:
+    v = tiny_variant("static", init_points=100, max_gaussians=130, iteration_scale=8 / 16000)
+    ph = v.phases[0]
+    v = dataclasses.replace(v, phases=(dataclasses.replace(ph, densify=dataclasses.replace(ph.densify, grow_grad2d=0.0, prune_opa=0.0)),))
+    res = train(tiny_subject, tmp_path, v, progress=False)
+    assert res["gaussians"] == 130
+
+
+def test_render_resolution_scales_the_dilation_and_densify_needs_positions() -> None:
+    from talkgs.train.loop import render_eps2d
+    from talkgs.train.params import DensifyParams, PhaseParams
+
+    v = builtin_variant("gaussiantalker", "cpu")
+    assert render_eps2d(v, 128, 256) == pytest.approx(4 * v.render.eps2d)
+    assert render_eps2d(v, 128, 128) == pytest.approx(v.render.eps2d)
+    with pytest.raises(ValueError, match="densification needs trainable positions"):
+        PhaseParams(lr={"spatial": LRParams()}, densify=DensifyParams(enabled=True))
