@@ -52,14 +52,16 @@ $(STAMP): pyproject.toml constraints.txt
 	@test -d .dvc || $(BIN)/dvc init --quiet
 	@touch $@
 
-# the last stages of the demo subject; dvc repro runs everything upstream of them
-DEMO_TARGETS := segment@demo features@demo audio_features@demo_speech2
+# the last stage of the demo; dvc repro runs everything upstream of it
+# (make_demo, extract, segment, track, features, audio_features, train)
+DEMO_TARGETS := evaluate@demo-gaussiantalker
 
 demo: setup
-	@echo "[demo] dvc repro $(DEMO_TARGETS) (and everything upstream: make_demo, extract, track)"
+	@echo "[demo] dvc repro $(DEMO_TARGETS) (and everything upstream of it)"
 	$(BIN)/dvc repro $(DEMO_TARGETS)
-	@echo "[demo] outputs: data/raw/demo.mp4, data/demo/{extract,segment,track,features}/, data/audio/demo_speech2/"
-	@echo "[demo] look at: data/demo/segment/contact_sheet.png, data/demo/track/report.png, data/demo/features/blink_sheet.png"
+	@echo "[demo] outputs: data/raw/demo.mp4, data/demo/{extract,segment,track,features}/, models/demo/gaussiantalker/,"
+	@echo "[demo]          renders/demo/gaussiantalker/ (comparison.mp4: test split, cross_demo_speech2.mp4: new voice),"
+	@echo "[demo]          metrics/subjects/demo/gaussiantalker.json"
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

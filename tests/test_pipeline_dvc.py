@@ -1,7 +1,9 @@
 """The real DVC pipeline on a short demo clip: every stage runs, a second `dvc repro` does nothing.
 
 Runs in a temporary copy of the repository (dvc.yaml, stages/, src/) with a small demo
-(4 s, 128² frames) so it takes about a minute on 2 cores.
+(4 s, 128² frames) and a tiny training preset (a few dozen steps), so the whole DAG -- demo,
+preprocessing, training of every evaluated variant, evaluation, tables -- takes a couple of
+minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -39,6 +41,13 @@ def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["demo"] = {**(params.get("demo") or {}), "seconds": 4.0, "size": 256}
     params["subjects"]["demo"]["resolution"] = 128
+    params["train"]["presets"]["tiny"] = {
+        "description": "test: a few dozen steps", "resolution": 64, "init_points": 300, "max_gaussians": 500,
+        "iteration_scale": 0.003, "loss_weights": {"lpips": 0.0}, "sh_degree": 1, "triplane_resolution": 16,
+        "checkpoint_every": 10,
+    }
+    params["train"]["preset"] = "tiny"
+    params["evaluate"]["fid"] = False
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
     subprocess.run(["git", "init", "-q"], cwd=root, check=True, env=env)
@@ -48,13 +57,23 @@ def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_dvc_repro_runs_every_stage_then_nothing(pipeline_repo: Path):
     out = _dvc(pipeline_repo, "repro")
-    for stage in ("make_demo", "extract@demo", "segment@demo"):
+    for stage in (
+        "make_demo", "extract@demo", "segment@demo", "track@demo", "features@demo", "audio_features@demo_speech2",
+        "train@demo-static", "train@demo-gaussiantalker", "evaluate@demo-gaussiantalker", "ground_truth@demo", "report",
+    ):
         assert f"Running stage '{stage}'" in out, out
     meta = json.loads((pipeline_repo / "data/demo/extract/meta.json").read_text())
     n = len(list((pipeline_repo / "data/demo/extract/frames").glob("*.jpg")))
     assert n == meta["frame_count"] and 90 <= n <= 130
     assert len(list((pipeline_repo / "data/demo/segment/labels").glob("*.png"))) == n
     assert (pipeline_repo / "data/demo/segment/contact_sheet.png").is_file()
+    m = json.loads((pipeline_repo / "metrics/subjects/demo/gaussiantalker.json").read_text())
+    assert 10 < m["self.psnr_face"] < 60 and m["variant"] == "gaussiantalker"
+    assert m["self.lpips_face"]["status"] == "unavailable", "no AlexNet weights here: reported, never faked"
+    renders = pipeline_repo / "renders/demo/gaussiantalker"
+    assert (renders / "comparison.mp4").is_file() and (renders / "cross_demo_speech2.mp4").is_file()
+    table = (pipeline_repo / "metrics/tables/self_driven.md").read_text()
+    assert "gaussiantalker" in table and "static" in table
 
     again = _dvc(pipeline_repo, "repro")
     assert "Running stage" not in again and "up to date" in again, again
@@ -65,14 +84,15 @@ def test_dvc_repro_runs_every_stage_then_nothing(pipeline_repo: Path):
 
 def test_params_change_reruns_only_downstream(pipeline_repo: Path):
     params = yaml.safe_load((pipeline_repo / "params.yaml").read_text())
-    params.setdefault("segment", {})["inpaint_radius"] = 4
+    params["evaluate"]["comparison_video"] = False
     (pipeline_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = _dvc(pipeline_repo, "repro")
-    assert "Running stage 'segment@demo'" in out
-    assert "Running stage 'extract@demo'" not in out and "Running stage 'make_demo'" not in out
+    assert "Running stage 'evaluate@demo-static'" in out and "Running stage 'evaluate@demo-gaussiantalker'" in out
+    for upstream in ("make_demo", "extract@demo", "segment@demo", "train@demo-static", "train@demo-gaussiantalker"):
+        assert f"Running stage '{upstream}'" not in out, out
 
 
 def test_dvc_dag_shows_the_stages(pipeline_repo: Path):
     dag = _dvc(pipeline_repo, "dag", "--md")
-    for stage in ("make_demo", "extract@demo", "segment@demo"):
+    for stage in ("make_demo", "extract@demo", "segment@demo", "track@demo", "train@demo-gaussiantalker", "report"):
         assert stage in dag

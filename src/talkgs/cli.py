@@ -96,6 +96,43 @@ def cmd_stage(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_variant_stage(args: argparse.Namespace) -> int:
+    """`talkgs train|evaluate --subject S --variant V`."""
+    from talkgs import pipeline
+
+    params = _params(args)
+    getattr(pipeline, args.command)(params, args.subject, args.variant, args.root, progress=not args.quiet)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from talkgs import pipeline
+
+    for name, path in pipeline.report(_params(args), args.root).items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def cmd_synthesize(args: argparse.Namespace) -> int:
+    from talkgs import paths
+    from talkgs.synthesize import synthesize
+
+    params = _params(args)
+    params.subject(args.subject)  # clear error for an unknown subject
+    model = paths.model_dir(args.subject, args.variant, args.root)
+    if not (model / "checkpoint.pt").is_file():
+        raise FileNotFoundError(
+            f"{model / 'checkpoint.pt'} not found: train it first with "
+            f"`dvc repro train@{args.subject}-{args.variant}` (or `talkgs train --subject {args.subject} --variant {args.variant}`)"
+        )
+    out = synthesize(
+        paths.subject_dir(args.subject, args.root), model, args.audio, args.out,
+        resolution=args.resolution, device=params.train.device, progress=not args.quiet,
+    )  # fmt: skip
+    print(f"wrote {args.out}: {out['frames']} frames, {out['fps']:.1f} frames/s")
+    return 0
+
+
 def cmd_params(args: argparse.Namespace) -> int:
     from talkgs.config import dump_yaml
 
@@ -164,6 +201,29 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             s.add_argument("--subject", action="append", required=True, help="subject name (repeatable)")
         s.set_defaults(func=cmd_stage)
+
+    for name, text in (
+        ("train", "stage train: train a variant on a subject into models/<S>/<V>/ (resumes a killed run)"),
+        ("evaluate", "stage evaluate: render test split + foreign audios, write metrics/subjects/<S>/<V>.json"),
+    ):
+        s = sub.add_parser(name, help=text, description=f"Run {text}, outside DVC (prefer `dvc repro`).")
+        s.add_argument("--subject", required=True, help="subject name")
+        s.add_argument("--variant", required=True, help="variant name from params.yaml train.variants")
+        s.set_defaults(func=cmd_variant_stage)
+
+    s = sub.add_parser("report", help="stage report: paper-style tables in metrics/tables/ from all metrics files")
+    s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("synthesize", help="drive a trained head with any audio into an mp4 (H.264 + AAC)",
+                       description="Render the trained (subject, variant) driven by AUDIO: head poses and blinks "
+                       "from the training track (looped back and forth), composited on the background + torso, "
+                       "written as H.264 + AAC with the audio. Prints frames/s.")  # fmt: skip
+    s.add_argument("--subject", required=True)
+    s.add_argument("--variant", required=True)
+    s.add_argument("--audio", type=Path, required=True, help="any audio file (wav, mp3, or a video's sound)")
+    s.add_argument("--out", type=Path, required=True, help="output .mp4")
+    s.add_argument("--resolution", type=int, default=None, help="render size (default: the subject's extracted size)")
+    s.set_defaults(func=cmd_synthesize)
 
     s = sub.add_parser("params", help="print the fully resolved params.yaml (defaults filled in)")
     s.set_defaults(func=cmd_params)

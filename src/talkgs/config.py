@@ -27,10 +27,12 @@ from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 import yaml
 
 from talkgs.demo import DemoParams
+from talkgs.eval.run import EvalWeights
 from talkgs.features.build import FeaturesParams
 from talkgs.preprocess.extract import ExtractParams
 from talkgs.preprocess.segment import SegmentParams
 from talkgs.preprocess.track import TrackParams
+from talkgs.train.params import TrainParams
 
 T = TypeVar("T")
 
@@ -64,6 +66,31 @@ class AudioParams:
 
 
 @dataclass(frozen=True)
+class EvaluateParams:
+    """``params.yaml: evaluate``: which variants each subject trains and how they are measured."""
+
+    variants: list[str] = field(default_factory=lambda: ["static", "gaussiantalker"])
+    """Variants trained and evaluated for every subject (the DVC train/evaluate matrix); names
+    from ``train.variants``. ``static`` is the floor every variant must beat."""
+    cross_driven: bool = True
+    """Also drive each subject with every enabled foreign audio (``audios``)."""
+    resolution: int | None = None
+    """Render and evaluate at this size (None: the subject's extracted resolution)."""
+    fid: bool = True
+    """Compute FID (needs the Inception weights; unavailable with the reason otherwise)."""
+    comparison_video: bool = True
+    """Write ``renders/<S>/<V>/comparison.mp4`` (ground truth | render | error heatmap, with sound)."""
+    weights: EvalWeights = field(default_factory=EvalWeights)
+    """Weight files of LPIPS (AlexNet + linear heads), SyncNet and Inception; None = the default
+    location (torch hub cache). Absent weights make that metric unavailable, with the reason."""
+
+    def __post_init__(self) -> None:
+        bad = [v for v in self.variants if "@" in v or "-" in v or "/" in v]
+        if bad:
+            raise ValueError(f"evaluate.variants: names may not contain '@', '-' or '/': {bad}")
+
+
+@dataclass(frozen=True)
 class Params:
     """The whole ``params.yaml``."""
 
@@ -80,6 +107,8 @@ class Params:
     segment: SegmentParams = field(default_factory=SegmentParams)
     track: TrackParams = field(default_factory=TrackParams)
     features: FeaturesParams = field(default_factory=FeaturesParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
 
     def subject(self, name: str) -> SubjectParams:
         if name not in self.subjects:
@@ -222,6 +251,12 @@ RESERVED_NAMES = {"raw", "audio"}  # folders of data/ that are not subjects
 
 
 def validate(params: Params, source: str) -> Params:
+    unknown = [v for v in params.evaluate.variants if v not in params.train.variants]
+    if unknown:
+        raise ConfigError(
+            f"{source}: evaluate.variants names {unknown}, not in train.variants "
+            f"({', '.join(sorted(params.train.variants))}).{_closest_hint(unknown[0], list(params.train.variants))}"
+        )
     for group in ("subjects", "catalog", "audios", "audio_catalog"):
         for name in getattr(params, group):
             if not SUBJECT_NAME.match(name):

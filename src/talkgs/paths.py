@@ -8,6 +8,10 @@ data/<subject>/segment/           labels/, torso/, background.png, ...    (stage
 data/<subject>/track/             track.npz, report.json, report.png      (stage track)
 data/<subject>/features/          frames.parquet, audio_<enc>.parquet      (stage features)
 data/audio/<audio>/               audio_<enc>.parquet of a foreign audio   (stage audio_features)
+models/<subject>/<variant>/       checkpoint.pt, config.yaml, curves.csv   (stage train)
+renders/<subject>/<variant>/      test/, comparison.mp4, cross_<audio>.mp4 (stage evaluate)
+metrics/subjects/<subject>/       <variant>.json, ground_truth.json        (stages evaluate, ground_truth)
+metrics/tables/                   self_driven, cross_driven, few_shot .md/.csv (stage report)
 ```
 """
 
@@ -18,6 +22,8 @@ from pathlib import Path
 RAW = Path("data/raw")
 DEMO_VIDEO = RAW / "demo.mp4"
 DEMO_SPEECH2 = RAW / "demo_speech2.wav"
+METRICS_RUNS = Path("metrics/subjects")
+TABLES = Path("metrics/tables")
 
 
 def subject_dir(subject: str, root: Path = Path(".")) -> Path:
@@ -42,3 +48,17 @@ def features_dir(subject: str, root: Path = Path(".")) -> Path:
 
 def audio_dir(audio: str, root: Path = Path(".")) -> Path:
     return root / "data" / "audio" / audio
+
+
+def model_dir(subject: str, variant: str, root: Path = Path(".")) -> Path:
+    return root / "models" / subject / variant
+
+
+def renders_dir(subject: str, variant: str, root: Path = Path(".")) -> Path:
+    return root / "renders" / subject / variant
+
+
+def metrics_file(subject: str, variant: str, root: Path = Path(".")) -> Path:
+    from talkgs.eval.report import metrics_path
+
+    return metrics_path(root / METRICS_RUNS, subject, variant)

@@ -94,7 +94,72 @@ def audio_features(params: Params, audio: str, root: Path, *, progress: bool = T
     return summary
 
 
-STAGES = {"make_demo", "extract", "segment", "track", "features", "audio_features"}
+def train(params: Params, subject: str, variant: str, root: Path, *, progress: bool = True) -> dict:
+    """Train ``variant`` (``train.variants`` with ``train.preset`` applied) on ``subject`` into
+    ``models/<S>/<V>/``; resumes from its checkpoint if a previous run was killed."""
+    from talkgs.train.loop import train as _train
+
+    v = params.train.variant(variant)
+    out = paths.model_dir(subject, variant, root)
+    result = _train(
+        paths.subject_dir(subject, root), out, v, resume=True, progress=progress,
+        seed=params.train.seed, device=params.train.device,
+    )  # fmt: skip
+    log.info("train %s/%s -> %s", subject, variant, out)
+    return result
+
+
+def _foreign_audios(params: Params, root: Path) -> tuple[dict[str, Path], dict[str, Path]]:
+    """Enabled foreign audios: name -> file, and name -> its cached features (first encoder)."""
+    wavs, feats = {}, {}
+    enc = params.features.audio_encoders[0]
+    for name, a in params.audios.items():
+        p = Path(a.path)
+        wavs[name] = p if p.is_absolute() else root / p
+        feats[name] = paths.audio_dir(name, root) / f"audio_{enc}.parquet"
+    return wavs, feats
+
+
+def evaluate(params: Params, subject: str, variant: str, root: Path, *, progress: bool = True) -> dict:
+    """Render the test split and the foreign audios, measure, write ``metrics/subjects/<S>/<V>.json``
+    and ``renders/<S>/<V>/`` (test frames, comparison.mp4, cross_<audio>.mp4)."""
+    from talkgs.eval.run import evaluate_variant
+
+    e = params.evaluate
+    wavs, feats = _foreign_audios(params, root) if e.cross_driven else ({}, {})
+    metrics = evaluate_variant(
+        paths.subject_dir(subject, root), paths.model_dir(subject, variant, root),
+        paths.renders_dir(subject, variant, root), paths.metrics_file(subject, variant, root),
+        subject=subject, variant=variant, foreign_audios=wavs, foreign_features=feats,
+        resolution=e.resolution, weights=e.weights, device=params.train.device, fid=e.fid,
+        comparison_video=e.comparison_video, progress=progress,
+    )  # fmt: skip
+    log.info("evaluate %s/%s: face PSNR %s, mouth LMD %s", subject, variant, metrics.get("self.psnr_face"), metrics.get("self.lmd_mouth"))
+    return metrics
+
+
+def ground_truth(params: Params, subject: str, root: Path, *, progress: bool = True) -> dict:
+    """The tables' ground-truth row for ``subject`` (sync and mouth motion of the real test frames)."""
+    from talkgs.eval.report import GROUND_TRUTH
+    from talkgs.eval.run import evaluate_subject_ground_truth
+
+    return evaluate_subject_ground_truth(
+        paths.subject_dir(subject, root), paths.metrics_file(subject, GROUND_TRUTH, root), subject=subject,
+        syncnet_weights=params.evaluate.weights.syncnet, device=params.train.device,
+    )  # fmt: skip
+
+
+def report(params: Params, root: Path, *, progress: bool = True) -> dict:
+    """Paper-style tables (markdown + csv) over every subject x variant in ``metrics/tables/``."""
+    from talkgs.eval.report import build_tables
+
+    written = build_tables(root / paths.METRICS_RUNS, root / paths.TABLES, variants=params.evaluate.variants)
+    log.info("tables: %s", ", ".join(str(p) for p in written.values()))
+    return {k: str(v) for k, v in written.items()}
+
+
+STAGES = {"make_demo", "extract", "segment", "track", "features", "audio_features", "train", "evaluate",
+          "ground_truth", "report"}  # fmt: skip
 
 
 def stage_main(stage: str, argv: list[str] | None = None) -> None:
@@ -115,15 +180,19 @@ def stage_main(stage: str, argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog=f"stages/{stage}.py", description=f"DVC stage {stage}")
     if stage == "audio_features":
         parser.add_argument("--audio", required=True)
-    elif stage != "make_demo":
+    elif stage not in ("make_demo", "report"):
         parser.add_argument("--subject", required=True)
+    if stage in ("train", "evaluate"):
+        parser.add_argument("--variant", required=True)
     parser.add_argument("--root", type=Path, default=Path("."))
     args = parser.parse_args(argv)
     setup_logging()
     try:
         params = load_params(args.root / "params.yaml")
-        if stage == "make_demo":
-            make_demo(params, args.root)
+        if stage in ("make_demo", "report"):
+            globals()[stage](params, args.root)
+        elif stage in ("train", "evaluate"):
+            globals()[stage](params, args.subject, args.variant, args.root)
         elif stage == "audio_features":
             audio_features(params, args.audio, args.root)
         else:
