@@ -72,6 +72,8 @@ def test_dvc_repro_runs_every_stage_then_nothing(pipeline_repo: Path):
     assert m["self.lpips_face"]["status"] == "unavailable", "no AlexNet weights here: reported, never faked"
     renders = pipeline_repo / "renders/demo/gaussiantalker"
     assert (renders / "comparison.mp4").is_file() and (renders / "cross_demo_speech2.mp4").is_file()
+    curves = (pipeline_repo / "plots/train/demo/gaussiantalker.csv").read_text().splitlines()
+    assert curves[0].startswith("step,") and len(curves) >= 3, "training curves as a DVC plot"
     table = (pipeline_repo / "metrics/tables/self_driven.md").read_text()
     assert "gaussiantalker" in table and "static" in table
 

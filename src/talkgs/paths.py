@@ -9,6 +9,7 @@ data/<subject>/track/             track.npz, report.json, report.png      (stage
 data/<subject>/features/          frames.parquet, audio_<enc>.parquet      (stage features)
 data/audio/<audio>/               audio_<enc>.parquet of a foreign audio   (stage audio_features)
 models/<subject>/<variant>/       checkpoint.pt, config.yaml, curves.csv   (stage train)
+plots/train/<subject>/<variant>.csv  the training curves as a DVC plot      (stage train)
 renders/<subject>/<variant>/      test/, comparison.mp4, cross_<audio>.mp4 (stage evaluate)
 metrics/subjects/<subject>/       <variant>.json, ground_truth.json        (stages evaluate, ground_truth)
 metrics/tables/                   self_driven, cross_driven, few_shot .md/.csv (stage report)
@@ -62,3 +63,7 @@ def metrics_file(subject: str, variant: str, root: Path = Path(".")) -> Path:
     from talkgs.eval.report import metrics_path
 
     return metrics_path(root / METRICS_RUNS, subject, variant)
+
+
+def train_plot(subject: str, variant: str, root: Path = Path(".")) -> Path:
+    return root / "plots" / "train" / subject / f"{variant}.csv"

@@ -105,6 +105,10 @@ def train(params: Params, subject: str, variant: str, root: Path, *, progress: b
         paths.subject_dir(subject, root), out, v, resume=True, progress=progress,
         seed=params.train.seed, device=params.train.device,
     )  # fmt: skip
+    from talkgs.io.atomic import write_bytes
+
+    # the training curves as a DVC plot (outside the persisted model folder)
+    write_bytes(paths.train_plot(subject, variant, root), (out / "curves.csv").read_bytes())
     log.info("train %s/%s -> %s", subject, variant, out)
     return result
 
