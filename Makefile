@@ -24,12 +24,13 @@ export OMP_WAIT_POLICY := PASSIVE
 export PYTHONUNBUFFERED := 1
 UI_PORT ?= 4200
 
-.PHONY: help setup demo test ui repro dag clean-venv
+.PHONY: help setup demo test ci-tier ui repro dag clean-venv
 
 help:
 	@echo "make setup   create .venv and install talkgs (idempotent)"
 	@echo "make demo    build the demo clip and run every pipeline stage on it (dvc repro)"
 	@echo "make test    run the test suite"
+	@echo "make ci-tier the demo pipeline + metrics diff vs HEAD (what CI runs after the tests)"
 	@echo "make ui      start a local Prefect server on 127.0.0.1:$(UI_PORT)"
 	@echo "make repro   run the pipeline as a Prefect flow (SUBJECT=name for one subject)"
 	@echo "make dag     show the DVC stage graph"
@@ -65,6 +66,12 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# CI's quick tier: the demo pipeline as committed (params.yaml), then its headline metrics vs the
+# ones committed at HEAD; fails on a regression beyond params.yaml evaluate.tolerances
+ci-tier: setup
+	$(BIN)/dvc repro $(DEMO_TARGETS)
+	$(BIN)/talkgs metrics-diff --rev HEAD --fail-on-regression
 
 ui: setup
 	@echo "Prefect UI: http://127.0.0.1:$(UI_PORT)  (in another shell: PREFECT_API_URL=http://127.0.0.1:$(UI_PORT)/api make repro SUBJECT=demo)"

@@ -133,6 +133,29 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_metrics_diff(args: argparse.Namespace) -> int:
+    """Headline metrics of the workspace vs ``--rev`` (``dvc metrics diff``), as a markdown table."""
+    import json
+    import os
+    import subprocess
+
+    from talkgs.eval.report import compare_metrics, metrics_from_dvc_diff
+
+    params = _params(args)
+    cmd = [sys.executable, "-m", "dvc", "metrics", "diff", "--json", "--all", args.rev]
+    proc = subprocess.run(cmd, cwd=args.root, capture_output=True, text=True, env=dict(os.environ, DVC_NO_ANALYTICS="1"))
+    if proc.returncode != 0:
+        raise RuntimeError(f"`dvc metrics diff {args.rev}` failed: {proc.stderr.strip()}")
+    old, new = metrics_from_dvc_diff(json.loads(proc.stdout or "{}"))
+    table, regressions = compare_metrics(old, new, params.evaluate.tolerances)
+    print(f"### Headline metrics: workspace vs {args.rev}\n\n{table}")
+    if regressions:
+        print("Regressions beyond tolerance (params.yaml evaluate.tolerances):\n- " + "\n- ".join(regressions))
+        return 1 if args.fail_on_regression else 0
+    print("No headline metric regressed beyond its tolerance.")
+    return 0
+
+
 def cmd_params(args: argparse.Namespace) -> int:
     from talkgs.config import dump_yaml
 
@@ -225,6 +248,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resolution", type=int, default=None, help="render size (default: the subject's extracted size)")
     s.set_defaults(func=cmd_synthesize)
 
+    s = sub.add_parser("metrics-diff", help="headline metrics vs a git revision (dvc metrics diff) as markdown",
+                       description="Compare the workspace's metrics files with those committed at REV; print a "
+                       "markdown table; with --fail-on-regression exit 1 when a headline metric got worse by more "
+                       "than its tolerance (params.yaml evaluate.tolerances). CI runs this after the quick tier.")  # fmt: skip
+    s.add_argument("--rev", default="HEAD", help="git revision to compare with (default: HEAD)")
+    s.add_argument("--fail-on-regression", action="store_true", help="exit 1 on a regression")
+    s.set_defaults(func=cmd_metrics_diff)
+
     s = sub.add_parser("params", help="print the fully resolved params.yaml (defaults filled in)")
     s.set_defaults(func=cmd_params)
 
@@ -249,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from talkgs.preprocess.errors import InputError
 
-    known = (ConfigError, MediaError, InputError, FileNotFoundError)
+    known = (ConfigError, MediaError, InputError, FileNotFoundError, RuntimeError)
     try:
         return int(args.func(args) or 0)
     except known as e:

@@ -83,6 +83,9 @@ class EvaluateParams:
     weights: EvalWeights = field(default_factory=EvalWeights)
     """Weight files of LPIPS (AlexNet + linear heads), SyncNet and Inception; None = the default
     location (torch hub cache). Absent weights make that metric unavailable, with the reason."""
+    tolerances: dict[str, float | str] = field(default_factory=dict)
+    """Worsening of a headline metric allowed by ``talkgs metrics-diff`` before CI fails: absolute,
+    or ``"x%"`` of the old value; merged over ``talkgs.eval.report.DEFAULT_TOLERANCES``."""
 
     def __post_init__(self) -> None:
         bad = [v for v in self.variants if "@" in v or "-" in v or "/" in v]
