@@ -54,3 +54,16 @@ def test_subjects_enable_then_list(dvc_repo: Path, capsys):
 
     p = load_params(dvc_repo / "params.yaml")
     assert len(p.subjects) == 9 and not p.catalog
+
+
+def test_make_demo_command_writes_mp4(dvc_repo: Path, tmp_path: Path, capsys):
+    out = tmp_path / "d.mp4"
+    assert main(["-q", "--root", str(dvc_repo), "make-demo", "--out", str(out), "--seconds", "2", "--size", "128"]) == 0
+    assert out.stat().st_size > 10_000 and "50 frames" in capsys.readouterr().out
+
+
+def test_synthesize_without_model_says_how_to_train(dvc_repo: Path, tmp_path: Path, caplog):
+    rc = main(["--root", str(dvc_repo), "synthesize", "--subject", "demo", "--variant", "gaussiantalker",
+               "--audio", str(tmp_path / "a.wav"), "--out", str(tmp_path / "o.mp4")])  # fmt: skip
+    assert rc == 2 and "dvc repro train@demo-gaussiantalker" in caplog.text
+    assert not (tmp_path / "o.mp4").exists()

@@ -32,10 +32,8 @@ def cmd_make_demo(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("seconds", args.seconds), ("size", args.size), ("seed", args.seed)) if v is not None}
     if overrides:
         params = dataclasses.replace(params, demo=dataclasses.replace(params.demo, **overrides))
-    out = args.out if args.out is not None else None
-    info = pipeline.make_demo(params, args.root, out, progress=not args.quiet)
-    print(f"wrote {out or args.root / 'data/raw/demo.mp4'}: {info.get('frames', '?')} frames, "
-          f"{info.get('duration_s', info.get('duration', '?'))} s")  # fmt: skip
+    info = pipeline.make_demo(params, args.root, args.out, progress=not args.quiet)
+    print(f"wrote {args.out or args.root / 'data/raw/demo.mp4'}: {info['frames']} frames, {info['duration_s']} s")
     return 0
 
 

@@ -16,9 +16,10 @@ from talkgs.config import Params
 log = logging.getLogger(__name__)
 
 
-def resolve_video(params: Params, subject: str, root: Path) -> Path:
-    video = Path(params.subject(subject).video)
-    return video if video.is_absolute() else root / video
+def _under(root: Path, path: str) -> Path:
+    """A params path: absolute as is, else relative to the repository root."""
+    p = Path(path)
+    return p if p.is_absolute() else root / p
 
 
 def make_demo(params: Params, root: Path, out: Path | None = None, *, progress: bool = True) -> dict:
@@ -38,10 +39,10 @@ def make_demo(params: Params, root: Path, out: Path | None = None, *, progress: 
 def extract(params: Params, subject: str, root: Path, *, progress: bool = True) -> dict:
     from talkgs.preprocess.extract import extract as _extract
 
-    video = resolve_video(params, subject, root)
+    video = _under(root, params.subject(subject).video)
     out = paths.extract_dir(subject, root)
     meta = _extract(video, out, params.extract_for(subject), progress=progress)
-    log.info("extract %s: %s frames -> %s", subject, meta.get("frame_count", "?"), out)
+    log.info("extract %s: %d frames -> %s", subject, meta["frame_count"], out)
     return meta
 
 
@@ -80,8 +81,7 @@ def audio_features(params: Params, audio: str, root: Path, *, progress: bool = T
     from talkgs.features.build import featurize_audio
     from talkgs.io.atomic import atomic_dir
 
-    src = Path(params.audio(audio).path)
-    src = src if src.is_absolute() else root / src
+    src = _under(root, params.audio(audio).path)
     out = paths.audio_dir(audio, root)
     summary: dict = {}
     with atomic_dir(out) as tmp:
@@ -118,8 +118,7 @@ def _foreign_audios(params: Params, root: Path) -> tuple[dict[str, Path], dict[s
     wavs, feats = {}, {}
     enc = params.features.audio_encoders[0]
     for name, a in params.audios.items():
-        p = Path(a.path)
-        wavs[name] = p if p.is_absolute() else root / p
+        wavs[name] = _under(root, a.path)
         feats[name] = paths.audio_dir(name, root) / f"audio_{enc}.parquet"
     return wavs, feats
 
