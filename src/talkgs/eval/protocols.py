@@ -351,15 +351,19 @@ def evaluate_self_driven(
             out[p + "mouth_corr"] = out[p + "mouth_corr_lag"] = unavailable("fewer than 8 frames with a face in both, or a constant mouth opening")
 
     # --- sync
-    seg, why = None, "no audio given"
-    if audio is not None:
-        if _contiguous(idx):
-            seg = _audio_segment(audio, idx[0], len(idx), fps)
-        else:
-            why = "the rendered frames are not contiguous: sync needs a continuous clip"
+    seg, why = _sync_audio(audio, idx, fps)
     syncnet = _load_syncnet_or_reason(syncnet_weights, device) if seg is not None else None
     out.update(_sync_metrics(ren, lm_r, seg, fps, syncnet, p, why))
     return out
+
+
+def _sync_audio(audio: Any, idx: list[int], fps: float) -> tuple[Any, str]:
+    """The audio under frames ``idx`` for the sync metrics, or ``(None, why not)``."""
+    if audio is None:
+        return None, "no audio given"
+    if not _contiguous(idx):
+        return None, "the frames are not contiguous: sync needs a continuous clip"
+    return _audio_segment(audio, idx[0], len(idx), fps), ""
 
 
 def _fid_or_reason(a: list[np.ndarray], b: list[np.ndarray], weights: Any, device: Any) -> Any:
@@ -401,12 +405,7 @@ def evaluate_ground_truth(
     out[prefix + "face_detected"] = round(float(lmk.detected(lm).mean()), 4)
     opening = lmk.mouth_opening(lm)
     out[prefix + "mouth_open_std"] = _num(float(np.nanstd(opening)) if np.isfinite(opening).any() else float("nan"))
-    seg, why = None, "no audio given"
-    if audio is not None:
-        if _contiguous(idx):
-            seg = _audio_segment(audio, idx[0], len(idx), fps)
-        else:
-            why = "frames not contiguous"
+    seg, why = _sync_audio(audio, idx, fps)
     syncnet = _load_syncnet_or_reason(syncnet_weights, device) if seg is not None else None
     out.update(_sync_metrics(imgs, lm, seg, fps, syncnet, prefix, why))
     return out
