@@ -95,6 +95,30 @@ def test_dvc_stage_params_exist_in_params_yaml():
     for name, stage in spec["stages"].items():
         body = stage.get("do", stage)
         for key in body.get("params", []):
-            top = key.split(".")[0]
-            assert top in params, f"stage {name} reads params key {key!r} missing from params.yaml"
+            node = params
+            for part in key.split("."):
+                if part.startswith("${"):
+                    break  # templated (train.variants.${item.variant}): resolved per stage by DVC
+                assert isinstance(node, dict) and part in node, f"stage {name} reads params key {key!r} missing from params.yaml"
+                node = node[part]
     assert set(yaml.safe_load((REPO / "params.yaml").read_text())) <= {f for f in Params.__dataclass_fields__}
+
+
+def test_few_shot_sweep_is_validated(tmp_path):
+    f = tmp_path / "params.yaml"
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    p = load_params(REPO / "params.yaml")
+    assert p.evaluate.few_shot.subjects == [] and p.evaluate.few_shot.seconds == [5, 10, 15, 20]  # off by default
+    for few_shot, error in (
+        ({"subjects": ["may"]}, "talkgs subjects enable may"),  # in the catalog, not enabled
+        ({"subjects": ["demo"], "variants": ["gaussiantalkr"]}, "Did you mean 'gaussiantalker'"),
+        ({"subjects": ["demo"], "seconds": [5.0]}, "write 5, not 5.0"),
+        ({"subjects": ["demo"], "seconds": [0]}, "positive"),
+    ):
+        base["evaluate"]["few_shot"] = few_shot
+        f.write_text(yaml.safe_dump(base))
+        with pytest.raises(ConfigError, match=error):
+            load_params(f)
+    base["evaluate"]["few_shot"] = {"subjects": ["demo"], "seconds": [2.5, 5]}
+    f.write_text(yaml.safe_dump(base))
+    assert load_params(f).evaluate.few_shot.seconds == [2.5, 5]

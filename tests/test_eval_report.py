@@ -118,8 +118,10 @@ def test_tables_have_the_paper_shapes(metrics_dir, tmp_path) -> None:
     assert float(cross[3][3]) == pytest.approx(0.5) and cross[3][1] == "n/a"
 
     few = _read_csv(out["few_shot.csv"].read_text())
-    assert few[0] == ["Metric", "gaussiantalker @5s", "gaussiantalker @10s"]
+    assert few[0] == ["Metric", "gaussiantalker @5s", "gaussiantalker @10s", "gaussiantalker @all"]
     assert few[1][0] == "PSNR ↑" and float(few[1][1]) == pytest.approx(29.0) and float(few[1][2]) == pytest.approx(30.0)
+    assert float(few[1][3]) == pytest.approx(31.0)  # the full-split runs of the same subjects
+    assert few[-1] == ["Subjects", "2", "2", "2"]
     assert "static" not in out["few_shot.md"].read_text()
 
     long = _read_csv(out["all_metrics.csv"].read_text())
@@ -157,3 +159,17 @@ def test_dvc_metrics_diff_is_flattened() -> None:
     assert new["metrics/may/gt.json:self.lse_c"] == unavailable(NO_SYNC)
     md, reg = compare_metrics(old, new)
     assert len(reg) == 1 and reg[0].startswith("metrics/may/gt.json:self.psnr_face")
+
+
+def test_few_shot_budget_longer_than_a_clip_is_unavailable_for_it(metrics_dir) -> None:
+    from talkgs.eval.report import FEWSHOT_ROWS, few_shot_table
+
+    why = "trump: the training split is 9.1 s (227 frames at 25 fps), shorter than the 20 s few-shot budget"
+    write_metrics(metrics_path(metrics_dir, "may", "gaussiantalker", 20), _self(33.0, 2.5), subject="may", variant="gaussiantalker")
+    write_metrics(metrics_path(metrics_dir, "trump", "gaussiantalker", 20), {c.key: unavailable(f"not trained: {why}") for c in FEWSHOT_ROWS},
+                  {"fewshot.seconds": 20.0}, subject="trump", variant="gaussiantalker")  # fmt: skip
+    md, cv = few_shot_table(load_metrics(metrics_dir), ["static", "gaussiantalker"])
+    rows = _read_csv(cv)
+    col = rows[0].index("gaussiantalker @20s")
+    assert float(rows[1][col]) == pytest.approx(33.0) and rows[-1][col] == "1"  # may only
+    assert "(1/2 subj.)" in md and why in md  # the footnote says why trump is missing

@@ -48,6 +48,8 @@ def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     }
     params["train"]["preset"] = "tiny"
     params["evaluate"]["fid"] = False
+    # few-shot sweep: 2 s trains (the 4 s clip's training split is 3.6 s), 10 s is unavailable
+    params["evaluate"]["few_shot"] = {"subjects": ["demo"], "variants": ["gaussiantalker"], "seconds": [2, 10]}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
     subprocess.run(["git", "init", "-q"], cwd=root, check=True, env=env)
@@ -60,6 +62,7 @@ def test_dvc_repro_runs_every_stage_then_nothing(pipeline_repo: Path):
     for stage in (
         "make_demo", "extract@demo", "segment@demo", "track@demo", "features@demo", "audio_features@demo_speech2",
         "train@demo-static", "train@demo-gaussiantalker", "evaluate@demo-gaussiantalker", "ground_truth@demo", "report",
+        "train_fewshot@demo-gaussiantalker-2", "evaluate_fewshot@demo-gaussiantalker-10",
     ):
         assert f"Running stage '{stage}'" in out, out
     meta = json.loads((pipeline_repo / "data/demo/extract/meta.json").read_text())
@@ -76,6 +79,20 @@ def test_dvc_repro_runs_every_stage_then_nothing(pipeline_repo: Path):
     assert curves[0].startswith("step,") and len(curves) >= 3, "training curves as a DVC plot"
     table = (pipeline_repo / "metrics/tables/self_driven.md").read_text()
     assert "gaussiantalker" in table and "static" in table
+
+    # few-shot: the 2 s run trained on its first 50 frames and was measured on the same test split
+    fs = json.loads((pipeline_repo / "metrics/subjects/demo/gaussiantalker@fewshot2.json").read_text())
+    assert fs["fewshot.train_frames"] == 50 and fs["self.frames"] == m["self.frames"]
+    assert 10 < fs["self.psnr_face"] < 60
+    cfg = yaml.safe_load((pipeline_repo / "models/demo/gaussiantalker@fewshot2/config.yaml").read_text())
+    assert cfg["data"]["n_train"] == 50 and cfg["data"]["train_seconds"] == 2.0
+    assert (pipeline_repo / "renders/demo/gaussiantalker@fewshot2/comparison.mp4").is_file()
+    # 10 s is longer than the clip's training split: not trained, reported unavailable with the reason
+    fs10 = json.loads((pipeline_repo / "metrics/subjects/demo/gaussiantalker@fewshot10.json").read_text())
+    assert fs10["self.psnr_face"]["status"] == "unavailable" and "shorter than the 10 s" in fs10["self.psnr_face"]["reason"]
+    assert not (pipeline_repo / "models/demo/gaussiantalker@fewshot10/checkpoint.pt").exists()
+    few = (pipeline_repo / "metrics/tables/few_shot.md").read_text()
+    assert "gaussiantalker @2s" in few and "gaussiantalker @10s" in few and "gaussiantalker @all" in few, few
 
     again = _dvc(pipeline_repo, "repro")
     assert "Running stage" not in again and "up to date" in again, again

@@ -143,3 +143,24 @@ def test_render_resolution_scales_the_dilation_and_densify_needs_positions() -> 
     assert render_eps2d(v, 128, 128) == pytest.approx(v.render.eps2d)
     with pytest.raises(ValueError, match="densification needs trainable positions"):
         PhaseParams(lr={"spatial": LRParams()}, densify=DensifyParams(enabled=True))
+
+
+def test_few_shot_trains_on_the_first_seconds_only(tiny_subject, tiny_variant, tmp_path, monkeypatch) -> None:
+    import talkgs.train.loop as loop
+    from talkgs.train.data import FewShotUnavailable
+
+    seen: list[int] = []
+    real = loop.render_frame
+    monkeypatch.setattr(loop, "render_frame", lambda model, data, i, **kw: (seen.append(i), real(model, data, i, **kw))[1])
+    v = tiny_variant("gaussiantalker")
+    res = train(tiny_subject, tmp_path / "fs", v, progress=False, train_seconds=0.2)  # 5 frames at 25 fps
+    assert res["finished"] and res["train_frames"] == 5
+    assert set(seen) == set(range(5)), "only the first 0.2 s are drawn, every one of them"
+    cfg = yaml.safe_load((tmp_path / "fs" / "config.yaml").read_text())
+    assert cfg["data"]["n_train"] == 5 and cfg["data"]["train_seconds"] == 0.2
+    # a full run's checkpoint in that folder is not resumed as the few-shot run (and vice versa)
+    train(tiny_subject, tmp_path / "fs", v, progress=False)
+    assert load_checkpoint(tmp_path / "fs" / "checkpoint.pt")["data"]["n_train"] == len(tiny_subject.train_idx)
+    with pytest.raises(FewShotUnavailable, match="shorter than the 10 s few-shot budget"):
+        train(tiny_subject, tmp_path / "long", v, progress=False, train_seconds=10)
+    assert not (tmp_path / "long").exists(), "nothing written for an impossible budget"

@@ -99,7 +99,7 @@ def cmd_variant_stage(args: argparse.Namespace) -> int:
     from talkgs import pipeline
 
     params = _params(args)
-    getattr(pipeline, args.command)(params, args.subject, args.variant, args.root, progress=not args.quiet)
+    getattr(pipeline, args.command)(params, args.subject, args.variant, args.root, progress=not args.quiet, fewshot=args.fewshot)
     return 0
 
 
@@ -230,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=text, description=f"Run {text}, outside DVC (prefer `dvc repro`).")
         s.add_argument("--subject", required=True, help="subject name")
         s.add_argument("--variant", required=True, help="variant name from params.yaml train.variants")
+        s.add_argument("--fewshot", type=float, default=None, metavar="SECONDS",
+                       help="few-shot protocol: the run trained on the first SECONDS of the clip (<V>@fewshot<SECONDS>)")
         s.set_defaults(func=cmd_variant_stage)
 
     s = sub.add_parser("report", help="stage report: paper-style tables in metrics/tables/ from all metrics files")

@@ -66,6 +66,34 @@ class AudioParams:
 
 
 @dataclass(frozen=True)
+class FewShotParams:
+    """``params.yaml: evaluate.few_shot``: the few-shot sweep (D3-Talker Table 2): each listed
+    variant trained on the first N seconds of each listed subject, for every N in ``seconds``,
+    and evaluated self-driven on the same test split as the full run (stages
+    ``train_fewshot@<S>-<V>-<N>``, ``evaluate_fewshot@<S>-<V>-<N>``)."""
+
+    subjects: list[str] = field(default_factory=list)
+    """Subjects of the sweep (enabled ones, ``subjects``); empty: no few-shot stages. A clip whose
+    training split is shorter than N seconds gets that run's metrics as unavailable, with the reason."""
+    variants: list[str] = field(default_factory=lambda: ["gaussiantalker"])
+    """Variants of the sweep (names from ``train.variants``)."""
+    seconds: list[int | float] = field(default_factory=lambda: [5, 10, 15, 20])
+    """Training budgets in seconds (the paper's 5/10/15/20), written as they appear in stage
+    names and paths (``gaussiantalker@fewshot5``): whole seconds as integers (5, not 5.0)."""
+
+    def __post_init__(self) -> None:
+        for s in self.seconds:
+            if s <= 0:
+                raise ValueError(f"few_shot.seconds: budgets must be positive, found {s!r}")
+            if isinstance(s, float) and s.is_integer():
+                raise ValueError(f"few_shot.seconds: write {int(s)}, not {s!r} (the number names stages and files as written)")
+            if isinstance(s, float) and (round(s, 3) != s or f"{s:g}" != str(s)):
+                raise ValueError(f"few_shot.seconds: {s!r}: use at most 3 decimals")
+        if len(set(self.seconds)) != len(self.seconds):
+            raise ValueError(f"few_shot.seconds: {self.seconds} lists a budget twice")
+
+
+@dataclass(frozen=True)
 class EvaluateParams:
     """``params.yaml: evaluate``: which variants each subject trains and how they are measured."""
 
@@ -83,6 +111,8 @@ class EvaluateParams:
     weights: EvalWeights = field(default_factory=EvalWeights)
     """Weight files of LPIPS (AlexNet + linear heads), SyncNet and Inception; None = the default
     location (torch hub cache). Absent weights make that metric unavailable, with the reason."""
+    few_shot: FewShotParams = field(default_factory=FewShotParams)
+    """The few-shot sweep (D3-Talker Table 2 → ``metrics/tables/few_shot.md``)."""
     tolerances: dict[str, float | str] = field(default_factory=dict)
     """Worsening of a headline metric allowed by ``talkgs metrics-diff`` before CI fails: absolute,
     or ``"x%"`` of the old value; merged over ``talkgs.eval.report.DEFAULT_TOLERANCES``."""
@@ -260,6 +290,17 @@ def validate(params: Params, source: str) -> Params:
             f"{source}: evaluate.variants names {unknown}, not in train.variants "
             f"({', '.join(sorted(params.train.variants))}).{_closest_hint(unknown[0], list(params.train.variants))}"
         )
+    fs = params.evaluate.few_shot
+    unknown = [v for v in fs.variants if v not in params.train.variants]
+    if unknown:
+        raise ConfigError(
+            f"{source}: evaluate.few_shot.variants names {unknown}, not in train.variants "
+            f"({', '.join(sorted(params.train.variants))}).{_closest_hint(unknown[0], list(params.train.variants))}"
+        )
+    for name in fs.subjects:
+        if name not in params.subjects:
+            hint = f" Enable it first: `talkgs subjects enable {name}`." if name in params.catalog else _closest_hint(name, list(params.subjects))
+            raise ConfigError(f"{source}: evaluate.few_shot.subjects names {name!r}, not an enabled subject ({', '.join(sorted(params.subjects))}).{hint}")
     for group in ("subjects", "catalog", "audios", "audio_catalog"):
         for name in getattr(params, group):
             if not SUBJECT_NAME.match(name):

@@ -9,9 +9,12 @@ data/<subject>/track/             track.npz, report.json, report.png      (stage
 data/<subject>/features/          frames.parquet, audio_<enc>.parquet      (stage features)
 data/audio/<audio>/               audio_<enc>.parquet of a foreign audio   (stage audio_features)
 models/<subject>/<variant>/       checkpoint.pt, config.yaml, curves.csv   (stage train)
+models/<subject>/<variant>@fewshot<sec>/  the same, trained on the first <sec> s  (stage train_fewshot)
 plots/train/<subject>/<variant>.csv  the training curves as a DVC plot      (stage train)
 renders/<subject>/<variant>/      test/, comparison.mp4, cross_<audio>.mp4 (stage evaluate)
+renders/<subject>/<variant>@fewshot<sec>/  test/, comparison.mp4            (stage evaluate_fewshot)
 metrics/subjects/<subject>/       <variant>.json, ground_truth.json        (stages evaluate, ground_truth)
+                                  <variant>@fewshot<sec>.json              (stage evaluate_fewshot)
 metrics/tables/                   self_driven, cross_driven, few_shot .md/.csv (stage report)
 ```
 """
@@ -59,10 +62,10 @@ def renders_dir(subject: str, variant: str, root: Path = Path(".")) -> Path:
     return root / "renders" / subject / variant
 
 
-def metrics_file(subject: str, variant: str, root: Path = Path(".")) -> Path:
+def metrics_file(subject: str, variant: str, root: Path = Path("."), fewshot: float | None = None) -> Path:
     from talkgs.eval.report import metrics_path
 
-    return metrics_path(root / METRICS_RUNS, subject, variant)
+    return metrics_path(root / METRICS_RUNS, subject, variant, fewshot)
 
 
 def train_plot(subject: str, variant: str, root: Path = Path(".")) -> Path:

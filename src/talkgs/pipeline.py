@@ -94,22 +94,37 @@ def audio_features(params: Params, audio: str, root: Path, *, progress: bool = T
     return summary
 
 
-def train(params: Params, subject: str, variant: str, root: Path, *, progress: bool = True) -> dict:
+def train(params: Params, subject: str, variant: str, root: Path, *, progress: bool = True, fewshot: float | None = None) -> dict:
     """Train ``variant`` (``train.variants`` with ``train.preset`` applied) on ``subject`` into
-    ``models/<S>/<V>/``; resumes from its checkpoint if a previous run was killed."""
+    ``models/<S>/<V>/``; resumes from its checkpoint if a previous run was killed.
+
+    ``fewshot``: the few-shot protocol (D3-Talker Table 2): train on the first ``fewshot`` seconds
+    only, into ``models/<S>/<V>@fewshot<sec>/``. A clip whose training split is shorter gets
+    ``unavailable.json`` (the reason) there instead of a model, and its metrics say so.
+    """
+    from talkgs.eval.report import run_name
+    from talkgs.io.atomic import atomic_dir, write_bytes, write_json
+    from talkgs.train.data import FewShotUnavailable, check_fewshot
     from talkgs.train.loop import train as _train
 
     v = params.train.variant(variant)
-    out = paths.model_dir(subject, variant, root)
+    out = paths.model_dir(subject, run_name(variant, fewshot), root)
+    if fewshot is not None:
+        try:
+            check_fewshot(paths.subject_dir(subject, root), fewshot)
+        except FewShotUnavailable as e:
+            with atomic_dir(out) as tmp:
+                write_json(tmp / "unavailable.json", {"seconds": fewshot, "reason": str(e)})
+            log.warning("train %s/%s: not trained: %s", subject, out.name, e)
+            return {"unavailable": str(e)}
+    (out / "unavailable.json").unlink(missing_ok=True)  # a clip that became long enough
     result = _train(
         paths.subject_dir(subject, root), out, v, resume=True, progress=progress,
-        seed=params.train.seed, device=params.train.device,
+        seed=params.train.seed, device=params.train.device, train_seconds=fewshot,
     )  # fmt: skip
-    from talkgs.io.atomic import write_bytes
-
-    # the training curves as a DVC plot (outside the persisted model folder)
-    write_bytes(paths.train_plot(subject, variant, root), (out / "curves.csv").read_bytes())
-    log.info("train %s/%s -> %s", subject, variant, out)
+    if fewshot is None:  # the training curves as a DVC plot (outside the persisted model folder)
+        write_bytes(paths.train_plot(subject, variant, root), (out / "curves.csv").read_bytes())
+    log.info("train %s/%s -> %s", subject, out.name, out)
     return result
 
 
@@ -123,12 +138,18 @@ def _foreign_audios(params: Params, root: Path) -> tuple[dict[str, Path], dict[s
     return wavs, feats
 
 
-def evaluate(params: Params, subject: str, variant: str, root: Path, *, progress: bool = True) -> dict:
+def evaluate(params: Params, subject: str, variant: str, root: Path, *, progress: bool = True, fewshot: float | None = None) -> dict:
     """Render the test split and the foreign audios, measure, write ``metrics/subjects/<S>/<V>.json``
-    and ``renders/<S>/<V>/`` (test frames, comparison.mp4, cross_<audio>.mp4)."""
+    and ``renders/<S>/<V>/`` (test frames, comparison.mp4, cross_<audio>.mp4).
+
+    ``fewshot``: evaluate ``<V>@fewshot<sec>`` (self-driven only, the same test split) into
+    ``metrics/subjects/<S>/<V>@fewshot<sec>.json``.
+    """
     from talkgs.eval.run import evaluate_variant
 
     e = params.evaluate
+    if fewshot is not None:
+        return _evaluate_fewshot(params, subject, variant, root, fewshot, progress=progress)
     wavs, feats = _foreign_audios(params, root) if e.cross_driven else ({}, {})
     metrics = evaluate_variant(
         paths.subject_dir(subject, root), paths.model_dir(subject, variant, root),
@@ -138,6 +159,41 @@ def evaluate(params: Params, subject: str, variant: str, root: Path, *, progress
         comparison_video=e.comparison_video, progress=progress,
     )  # fmt: skip
     log.info("evaluate %s/%s: face PSNR %s, mouth LMD %s", subject, variant, metrics.get("self.psnr_face"), metrics.get("self.lmd_mouth"))
+    return metrics
+
+
+def _evaluate_fewshot(params: Params, subject: str, variant: str, root: Path, fewshot: float, *, progress: bool) -> dict:
+    import json
+
+    from talkgs.eval.metrics import unavailable
+    from talkgs.eval.report import FEWSHOT_ROWS, run_name, write_metrics
+    from talkgs.eval.run import evaluate_variant
+    from talkgs.io.atomic import atomic_dir, write_json
+    from talkgs.train.data import FewShotUnavailable, check_fewshot
+
+    e = params.evaluate
+    run = run_name(variant, fewshot)
+    model, renders = paths.model_dir(subject, run, root), paths.renders_dir(subject, run, root)
+    metrics_json = paths.metrics_file(subject, variant, root, fewshot)
+    facts: dict = {"fewshot.seconds": fewshot}
+    try:
+        facts["fewshot.train_frames"] = check_fewshot(paths.subject_dir(subject, root), fewshot)
+    except FewShotUnavailable as err:
+        reason = str(err)
+        marker = model / "unavailable.json"
+        if not marker.is_file():  # the clip is too short now but a stale model exists: retrain first
+            raise FileNotFoundError(f"{marker} not found: the model folder is stale; rerun `dvc repro train_fewshot@{subject}-{variant}-{fewshot:g}`") from err
+        with atomic_dir(renders) as tmp:
+            write_json(tmp / "unavailable.json", json.loads(marker.read_text()))
+        log.warning("evaluate %s/%s: %s", subject, run, reason)
+        why = f"not trained: {reason}"
+        return write_metrics(metrics_json, {c.key: unavailable(why) for c in FEWSHOT_ROWS if c.key}, facts, subject=subject, variant=variant)
+    metrics = evaluate_variant(
+        paths.subject_dir(subject, root), model, renders, metrics_json, subject=subject, variant=variant,
+        resolution=e.resolution, weights=e.weights, device=params.train.device, fid=e.fid,
+        comparison_video=e.comparison_video, progress=progress, extra=facts,
+    )  # fmt: skip
+    log.info("evaluate %s/%s: face PSNR %s, mouth LMD %s", subject, run, metrics.get("self.psnr_face"), metrics.get("self.lmd_mouth"))
     return metrics
 
 
@@ -187,6 +243,8 @@ def stage_main(stage: str, argv: list[str] | None = None) -> None:
         parser.add_argument("--subject", required=True)
     if stage in ("train", "evaluate"):
         parser.add_argument("--variant", required=True)
+        parser.add_argument("--fewshot", type=float, default=None, metavar="SECONDS",
+                            help="few-shot protocol: the run trained on the first SECONDS of the clip")  # fmt: skip
     parser.add_argument("--root", type=Path, default=Path("."))
     args = parser.parse_args(argv)
     setup_logging()
@@ -195,7 +253,7 @@ def stage_main(stage: str, argv: list[str] | None = None) -> None:
         if stage in ("make_demo", "report"):
             globals()[stage](params, args.root)
         elif stage in ("train", "evaluate"):
-            globals()[stage](params, args.subject, args.variant, args.root)
+            globals()[stage](params, args.subject, args.variant, args.root, fewshot=args.fewshot)
         elif stage == "audio_features":
             audio_features(params, args.audio, args.root)
         else:

@@ -106,8 +106,12 @@ def metrics_path(metrics_dir: str | os.PathLike[str], subject: str, variant: str
     """``metrics/<subject>/<variant>.json`` or ``.../<variant>@fewshot<sec>.json``."""
     if "@" in variant or "/" in variant or "/" in subject:
         raise ValueError(f"subject/variant names may not contain '@' or '/': {subject!r}, {variant!r}")
-    name = variant if fewshot_s is None else f"{variant}@fewshot{fewshot_s:g}"
-    return Path(metrics_dir) / subject / f"{name}.json"
+    return Path(metrics_dir) / subject / f"{run_name(variant, fewshot_s)}.json"
+
+
+def run_name(variant: str, fewshot_s: float | None = None) -> str:
+    """The name of a run's model/renders/metrics: ``variant`` or ``<variant>@fewshot<sec>``."""
+    return variant if fewshot_s is None else f"{variant}@fewshot{fewshot_s:g}"
 
 
 def parse_metrics_name(stem: str) -> tuple[str, float | None]:
@@ -351,21 +355,34 @@ def cross_driven_table(records: Sequence[dict[str, Any]], variants: Sequence[str
 
 def few_shot_table(records: Sequence[dict[str, Any]], variants: Sequence[str] | None = None) -> tuple[str, str]:
     """``(markdown, csv)`` of the few-shot table (D3-Talker Table 2): rows = metrics, columns =
-    ``variant @ seconds`` from ``<variant>@fewshot<sec>.json`` files (mean over subjects)."""
+    ``variant @ seconds`` from ``<variant>@fewshot<sec>.json`` files (mean over subjects), then
+    ``variant @all``: the same variant trained on the whole training split of the same subjects
+    (``<variant>.json``), the reference the budgets converge to."""
     runs = [r for r in records if r["_fewshot"] is not None]
+    full = [r for r in records if r["_fewshot"] is None and r["_variant"] != GROUND_TRUTH]
     notes = _Notes()
-    groups: list[tuple[str, float, list[dict[str, Any]]]] = []
+    groups: list[tuple[str, list[dict[str, Any]]]] = []
     for variant, recs in _group(runs, variants).items():
         for sec in sorted({r["_fewshot"] for r in recs}):
-            groups.append((variant, sec, [r for r in recs if r["_fewshot"] == sec]))
-    header = ["Metric", *[f"{v} @{s:g}s" for v, s, _ in groups]]
+            groups.append((f"{variant} @{sec:g}s", [r for r in recs if r["_fewshot"] == sec]))
+        subjects = {r["_subject"] for r in recs}
+        ref = [r for r in full if r["_variant"] == variant and r["_subject"] in subjects]
+        if ref:
+            groups.append((f"{variant} @all", ref))
+    header = ["Metric", *[name for name, _ in groups]]
     md_rows, csv_rows = [], []
     for c in FEWSHOT_ROWS:
-        cells = [_cell(recs, c.key or "", c.fmt, notes) for _, _, recs in groups]
+        cells = [_cell(recs, c.key or "", c.fmt, notes) for _, recs in groups]
         md_rows.append([c.title, *[t for t, _ in cells]])
         csv_rows.append([c.title, *[v for _, v in cells]])
+    counts = [sorted(r["_subject"] for r in recs if _numeric(r.get("self.psnr_face"))) for _, recs in groups]
+    md_rows.append(["Subjects", *[str(len(c)) for c in counts]])
+    csv_rows.append(["Subjects", *[len(c) for c in counts]])
     subj = sorted({r["_subject"] for r in runs})
-    caption = f"Self-driven with the first N seconds of training video (same test split), mean over subjects: {', '.join(subj) or 'none'}."
+    caption = (
+        f"Self-driven with the first N seconds of training video (same test split; `@all`: the whole training split), "
+        f"mean over the subjects whose clip is long enough for N (Subjects row) of: {', '.join(subj) or 'none'}."
+    )
     return _markdown("Few-shot", header, md_rows, notes, caption), _csv(header, csv_rows)
 
 

@@ -75,6 +75,7 @@ def evaluate_variant(
     fid: bool = True,
     comparison_video: bool = True,
     progress: bool = False,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a trained ``(subject, variant)`` and write its metrics file; returns the metrics.
 
@@ -87,6 +88,7 @@ def evaluate_variant(
         foreign_features: audio name → its ``audio_<feature>.parquet`` from the audio_features
             stage (skips re-encoding the audio).
         resolution: render (and evaluate) at this size (None: the extracted resolution).
+        extra: more flat keys for the metrics file (e.g. the few-shot budget).
     """
     from talkgs.eval.metrics import efficiency_metrics
     from talkgs.eval.protocols import evaluate_cross_driven, evaluate_self_driven, write_comparison_video
@@ -118,6 +120,8 @@ def evaluate_variant(
             renders[name] = out
         parts.append(evaluate_cross_driven(renders, dict(foreign_audios), fps=fps, syncnet_weights=weights.syncnet, device=device))
     parts.append(efficiency_metrics(model_dir / "curves.csv", timing))
+    if extra:
+        parts.append(dict(extra))
     return write_metrics(metrics_json, *parts, subject=subject, variant=variant)
 
 

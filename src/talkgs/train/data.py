@@ -33,11 +33,40 @@ from talkgs.render.camera import Camera
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SubjectData", "DataError", "load_subject", "audio_features_for_wav", "frame_order", "pingpong"]
+__all__ = ["SubjectData", "DataError", "FewShotUnavailable", "load_subject", "fewshot_frames", "check_fewshot", "audio_features_for_wav", "frame_order", "pingpong"]
 
 
 class DataError(FileNotFoundError):
     """A preprocessing output the training needs is missing or inconsistent."""
+
+
+class FewShotUnavailable(ValueError):
+    """The clip's training split is shorter than the few-shot budget asked for."""
+
+
+def fewshot_frames(name: str, seconds: float, fps: float, n_train: int) -> int:
+    """Number of training frames of a ``seconds`` few-shot budget (the first ``round(seconds *
+    fps)`` frames of the training split).
+
+    Raises:
+        FewShotUnavailable: the training split (``n_train`` frames) is shorter than the budget.
+    """
+    n = int(round(seconds * fps))
+    if seconds <= 0 or n < 1:
+        raise ValueError(f"few-shot seconds must be positive (at least one frame at {fps:g} fps), got {seconds!r}")
+    if n > n_train:
+        raise FewShotUnavailable(
+            f"{name}: the training split is {n_train / fps:.1f} s ({n_train} frames at {fps:g} fps), "
+            f"shorter than the {seconds:g} s few-shot budget"
+        )
+    return n
+
+
+def check_fewshot(subject_dir: str | Path, seconds: float) -> int:
+    """:func:`fewshot_frames` of subject ``data/<S>`` (split and fps from ``extract/meta.json``)."""
+    subject_dir = Path(subject_dir)
+    meta = json.loads(_need(subject_dir / "extract" / "meta.json", "extract", subject_dir).read_text())
+    return fewshot_frames(subject_dir.name, seconds, float(meta["output"]["fps"]), int(meta["split"]["n_train"]))
 
 
 @dataclass
@@ -160,6 +189,21 @@ class SubjectData:
             raise ValueError(f"unknown region {region!r}; known: {sorted(groups)}")
         pts = self.landmarks[i, list(groups[region])].numpy()
         return region_box(pts, margin, min_size, self.width, self.height)
+
+    @property
+    def train_seconds(self) -> float:
+        """Length of the training split in seconds."""
+        return len(self.train_idx) / self.fps
+
+    def first_seconds(self, seconds: float) -> SubjectData:
+        """This subject with the training split cut to its first ``seconds`` (the few-shot protocol
+        of D3-Talker Table 2: train on the first 5/10/15/20 s, test on the same held-out frames).
+
+        Raises:
+            FewShotUnavailable: the training split is shorter than ``seconds``.
+        """
+        n = fewshot_frames(self.name, seconds, self.fps, len(self.train_idx))
+        return replace(self, train_idx=self.train_idx[:n].clone(), info={**self.info, "train_seconds": float(seconds)})
 
     def resized(self, size: int) -> SubjectData:
         """This subject at ``size x size`` (images area-resampled, labels nearest, K scaled)."""

@@ -238,6 +238,7 @@ def train(
     device: str | torch.device = "cpu",
     until_step: int | None = None,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
+    train_seconds: float | None = None,
 ) -> dict[str, Any]:
     """Train ``variant`` on a subject; write ``checkpoint.pt``, ``config.yaml``, ``curves.csv``.
 
@@ -253,6 +254,8 @@ def train(
         until_step: stop after this many global steps (checkpoint written, ``finished`` False):
             time-boxed runs and the resume test.
         on_step: callback ``(step, losses)`` after every step (tests, monitoring).
+        train_seconds: few-shot protocol: train on the first ``train_seconds`` of the clip only
+            (:meth:`SubjectData.first_seconds`; same iterations, same test split).
 
     Returns:
         Summary: steps, finished, gaussians, elapsed_s, it_s (mean), final losses, paths.
@@ -260,6 +263,7 @@ def train(
     Raises:
         LPIPSWeightsMissing: a phase weights ``lpips`` > 0 and the AlexNet weights are absent.
         DataError: the subject's preprocessing outputs are missing.
+        FewShotUnavailable: the training split is shorter than ``train_seconds``.
     """
     out_dir = Path(out_dir)
     device = torch.device(device)
@@ -277,9 +281,13 @@ def train(
         data = load_subject(subject, resolution=variant.render.resolution, audio_feature=variant.model.audio.feature)
     if variant.render.resolution is not None and data.width != variant.render.resolution:
         data = data.resized(variant.render.resolution)
+    if train_seconds is not None:
+        data = data.first_seconds(train_seconds)
 
     cfg = to_dict(variant)
     fp = _fingerprint(data)
+    if train_seconds is not None:
+        fp["train_seconds"] = float(train_seconds)
     chash = config_hash({"variant": cfg, "seed": seed, "data": fp})
     ckpt_path = out_dir / "checkpoint.pt"
     total = variant.total_iterations
@@ -433,6 +441,7 @@ def train(
         "subject": data.name,
         "steps": step,
         "total_steps": total,
+        "train_frames": int(len(data.train_idx)),
         "finished": finished,
         "gaussians": model.n,
         "elapsed_s": round(elapsed, 2),
