@@ -121,7 +121,9 @@ def test_tables_have_the_paper_shapes(metrics_dir, tmp_path) -> None:
     assert few[0] == ["Metric", "gaussiantalker @5s", "gaussiantalker @10s", "gaussiantalker @all"]
     assert few[1][0] == "PSNR ↑" and float(few[1][1]) == pytest.approx(29.0) and float(few[1][2]) == pytest.approx(30.0)
     assert float(few[1][3]) == pytest.approx(31.0)  # the full-split runs of the same subjects
-    assert few[-1] == ["Subjects", "2", "2", "2"]
+    assert few[-3] == ["Subjects", "2", "2", "2"]
+    assert few[-2][0] == "PSNR ↑ may" and float(few[-2][1]) == pytest.approx(28.0)  # per subject
+    assert few[-1][0] == "PSNR ↑ trump" and float(few[-1][3]) == pytest.approx(32.0)
     assert "static" not in out["few_shot.md"].read_text()
 
     long = _read_csv(out["all_metrics.csv"].read_text())
@@ -171,5 +173,7 @@ def test_few_shot_budget_longer_than_a_clip_is_unavailable_for_it(metrics_dir) -
     md, cv = few_shot_table(load_metrics(metrics_dir), ["static", "gaussiantalker"])
     rows = _read_csv(cv)
     col = rows[0].index("gaussiantalker @20s")
-    assert float(rows[1][col]) == pytest.approx(33.0) and rows[-1][col] == "1"  # may only
+    subjects = [r for r in rows if r[0] == "Subjects"][0]
+    assert float(rows[1][col]) == pytest.approx(33.0) and subjects[col] == "1"  # may only
+    assert [r[col] for r in rows if r[0] == "PSNR ↑ trump"] == ["n/a"]
     assert "(1/2 subj.)" in md and why in md  # the footnote says why trump is missing

@@ -379,9 +379,16 @@ def few_shot_table(records: Sequence[dict[str, Any]], variants: Sequence[str] | 
     md_rows.append(["Subjects", *[str(len(c)) for c in counts]])
     csv_rows.append(["Subjects", *[len(c) for c in counts]])
     subj = sorted({r["_subject"] for r in runs})
+    # the means above cover different subjects where a clip is too short for a budget: per subject too
+    psnr = FEWSHOT_ROWS[0]
+    for name in subj if len(subj) > 1 else []:
+        cells = [_cell([r for r in recs if r["_subject"] == name], psnr.key or "", psnr.fmt, notes) for _, recs in groups]
+        md_rows.append([f"{psnr.title} {name}", *[t for t, _ in cells]])
+        csv_rows.append([f"{psnr.title} {name}", *[v for _, v in cells]])
     caption = (
         f"Self-driven with the first N seconds of training video (same test split; `@all`: the whole training split), "
-        f"mean over the subjects whose clip is long enough for N (Subjects row) of: {', '.join(subj) or 'none'}."
+        f"mean over the subjects whose clip is long enough for N (Subjects row) of: {', '.join(subj) or 'none'}"
+        + ("; the last rows give PSNR per subject." if len(subj) > 1 else ".")
     )
     return _markdown("Few-shot", header, md_rows, notes, caption), _csv(header, csv_rows)
 
