@@ -425,7 +425,31 @@ def bundle_adjust(
     space, so the smoothness term is an acceleration in pixels. Stage 1 optimises the points
     alone; tracks whose median residual then exceeds ``ba_track_outlier_px`` (sliding or
     deforming skin) are dropped before stage 2 optimises points and poses together.
+
+    Deterministic: the same inputs give bitwise the same poses (PyTorch's deterministic
+    algorithms are on for the call: the scatter-add behind the keypoint gather otherwise sums in
+    a thread-dependent order, and L-BFGS amplified that to ~5e-4 in pose between runs).
     """
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        return _bundle_adjust(k, w2c0, canonical, lm_uv, lm_valid, tracks, params, surface=surface, progress=progress)
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+
+
+def _bundle_adjust(
+    k: np.ndarray,
+    w2c0: np.ndarray,
+    canonical: np.ndarray,
+    lm_uv: np.ndarray,
+    lm_valid: np.ndarray,
+    tracks: KeypointTracks,
+    params: TrackParams,
+    *,
+    surface: np.ndarray | None,
+    progress: bool,
+) -> BAResult:
     p = params
     t_start = time.perf_counter()
     n_frames = len(w2c0)
