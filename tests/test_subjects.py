@@ -23,6 +23,16 @@ def test_enable_disable_keeps_comments(dvc_repo: Path):
         enable(["nope"], pf)
 
 
+def test_disabling_a_subject_takes_it_out_of_the_few_shot_sweep(dvc_repo: Path):
+    pf = dvc_repo / "params.yaml"
+    enable(["may", "trump"], pf)
+    pf.write_text(pf.read_text().replace("    subjects: []", "    subjects: [may, trump]"))
+    assert load_params(pf).evaluate.few_shot.subjects == ["may", "trump"]
+    disable(["may"], pf)
+    p = load_params(pf)
+    assert p.evaluate.few_shot.subjects == ["trump"] and "may" in p.catalog
+
+
 def test_add_subject_copies_tracks_and_registers(dvc_repo: Path, tmp_path: Path):
     video = tmp_path / "My Clip.MP4"
     video.write_bytes(b"\x00" * 1000)  # content is checked by the extract stage, not here

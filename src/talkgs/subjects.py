@@ -70,6 +70,13 @@ def _move(names: list[str], src: str, dst: str, params_file: Path) -> list[str]:
                 continue
             doc[dst][n] = doc[src].pop(n)
             moved.append(n)
+        if src == "subjects":  # a disabled subject leaves the few-shot sweep too
+            fs = (doc.get("evaluate") or {}).get("few_shot") or {}
+            listed = fs.get("subjects") or []
+            for n in moved:
+                if n in listed:
+                    listed.remove(n)
+                    log.info("%s: removed %s from evaluate.few_shot.subjects", params_file, n)
 
     _edit_params(params_file, edit)
     return moved
