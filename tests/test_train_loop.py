@@ -102,6 +102,13 @@ def test_builtin_variants_and_presets_parse_strictly() -> None:
     assert gt.phases[1].losses == {"l1": 0.8, "dssim": 0.2, "lpips": 0.01, "lip": 0.8}
     cpu = from_dict(TrainParams, {"preset": "cpu"}).variant("gaussiantalker")
     assert cpu.render.resolution == 128 and all(p.losses.get("lpips", 0) == 0 for p in cpu.phases)
+    # the cpu preset: 1/8 of the steps, 3/8 for the deformation phase; the static floor as long as both
+    assert [p.iterations for p in cpu.phases] == [1000, 3000]
+    static_cpu = from_dict(TrainParams, {"preset": "cpu"}).variant("static")
+    assert [p.iterations for p in static_cpu.phases] == [cpu.total_iterations] == [4000]
+    assert static_cpu.phases[0].densify.refine_stop == 2 * cpu.phases[0].densify.refine_stop == 1500
+    with pytest.raises(ConfigError, match="iteration scales must be > 0"):
+        from_dict(TrainParams, {"presets": {"x": {"phase_iteration_scale": {"deformation": 0}}}})
     # YAML round trip of everything
     assert from_dict(TrainParams, yaml.safe_load(yaml.safe_dump(to_dict(tp)))) == tp
     with pytest.raises(ConfigError, match="Did you mean 'deformer'"):
