@@ -109,6 +109,8 @@ def test_builtin_variants_and_presets_parse_strictly() -> None:
     assert static_cpu.phases[0].densify.refine_stop == 2 * cpu.phases[0].densify.refine_stop == 1500
     with pytest.raises(ConfigError, match="iteration scales must be > 0"):
         from_dict(TrainParams, {"presets": {"x": {"phase_iteration_scale": {"deformation": 0}}}})
+    with pytest.raises(ConfigError, match="Did you mean 'deformation'"):
+        from_dict(TrainParams, {"presets": {"x": {"phase_iteration_scale": {"deformaton": 2.0}}}})
     # YAML round trip of everything
     assert from_dict(TrainParams, yaml.safe_load(yaml.safe_dump(to_dict(tp)))) == tp
     with pytest.raises(ConfigError, match="Did you mean 'deformer'"):

@@ -287,6 +287,15 @@ class TrainParams:
     def __post_init__(self) -> None:
         if self.preset is not None and self.preset not in self.presets:
             raise ValueError(f"train.preset: {self.preset!r} is not one of the presets {sorted(self.presets)}")
+        import difflib
+
+        phases = sorted({ph.name for v in self.variants.values() for ph in v.phases})
+        for name, p in self.presets.items():
+            for k in p.phase_iteration_scale:
+                if k not in phases:
+                    close = difflib.get_close_matches(k, phases, n=1)
+                    hint = f" Did you mean {close[0]!r}?" if close else ""
+                    raise ValueError(f"train.presets.{name}.phase_iteration_scale: no variant has a phase {k!r}.{hint} Phases: {phases}")
 
     def variant(self, name: str) -> VariantParams:
         """The variant ``name`` with :attr:`preset` applied."""
@@ -383,8 +392,8 @@ BUILTIN_VARIANTS: dict[str, dict[str, Any]] = {
 BUILTIN_PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {
         "description": "CPU: 128x128 training renders, 6k Gaussians, 1/8 of the iterations (3/8 for the "
-        "deformation phase, and the static floor as long as both) with larger learning rates, SH degree 1, LPIPS weight 0 (the AlexNet weights "
-        "are not on CPU machines)",
+        "deformation phase, and the static floor as long as both) with larger learning rates, SH degree 1, "
+        "LPIPS weight 0 (the AlexNet weights are not on CPU machines)",
         "resolution": 128,
         "init_points": 4000,
         "max_gaussians": 6000,
