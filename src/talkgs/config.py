@@ -149,7 +149,7 @@ class Params:
             if name in self.catalog:
                 hint = f" It is in the catalog: run `talkgs subjects enable {name}`."
             else:
-                hint = _closest_hint(name, list(self.subjects))
+                hint = closest_hint(name, list(self.subjects))
             raise ConfigError(f"unknown subject {name!r} (enabled: {sorted(self.subjects)}).{hint}")
         return self.subjects[name]
 
@@ -158,7 +158,7 @@ class Params:
             hint = (
                 f" It is in the audio catalog: run `talkgs audios enable {name}`."
                 if name in self.audio_catalog
-                else _closest_hint(name, list(self.audios))
+                else closest_hint(name, list(self.audios))
             )
             raise ConfigError(f"unknown audio {name!r} (enabled: {sorted(self.audios)}).{hint}")
         return self.audios[name]
@@ -171,7 +171,8 @@ class Params:
         return dataclasses.replace(self.extract, resolution=s.resolution)
 
 
-def _closest_hint(key: str, valid: list[str]) -> str:
+def closest_hint(key: str, valid: list[str]) -> str:
+    """`` Did you mean ...?`` for the valid name closest to ``key`` (empty when none is close)."""
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
     return f" Did you mean {close[0]!r}?" if close else ""
 
@@ -253,7 +254,7 @@ def from_dict(cls: type[T], data: Any, where: str = "params") -> T:
     for key, value in data.items():
         if key not in fields:
             raise ConfigError(
-                f"{where}: unknown key {key!r}.{_closest_hint(str(key), list(fields))} "
+                f"{where}: unknown key {key!r}.{closest_hint(str(key), list(fields))} "
                 f"Valid keys: {', '.join(fields)}."
             )
         kwargs[key] = _convert(hints[key], value, f"{where}.{key}")
@@ -288,18 +289,18 @@ def validate(params: Params, source: str) -> Params:
     if unknown:
         raise ConfigError(
             f"{source}: evaluate.variants names {unknown}, not in train.variants "
-            f"({', '.join(sorted(params.train.variants))}).{_closest_hint(unknown[0], list(params.train.variants))}"
+            f"({', '.join(sorted(params.train.variants))}).{closest_hint(unknown[0], list(params.train.variants))}"
         )
     fs = params.evaluate.few_shot
     unknown = [v for v in fs.variants if v not in params.train.variants]
     if unknown:
         raise ConfigError(
             f"{source}: evaluate.few_shot.variants names {unknown}, not in train.variants "
-            f"({', '.join(sorted(params.train.variants))}).{_closest_hint(unknown[0], list(params.train.variants))}"
+            f"({', '.join(sorted(params.train.variants))}).{closest_hint(unknown[0], list(params.train.variants))}"
         )
     for name in fs.subjects:
         if name not in params.subjects:
-            hint = f" Enable it first: `talkgs subjects enable {name}`." if name in params.catalog else _closest_hint(name, list(params.subjects))
+            hint = f" Enable it first: `talkgs subjects enable {name}`." if name in params.catalog else closest_hint(name, list(params.subjects))
             raise ConfigError(f"{source}: evaluate.few_shot.subjects names {name!r}, not an enabled subject ({', '.join(sorted(params.subjects))}).{hint}")
     for group in ("subjects", "catalog", "audios", "audio_catalog"):
         for name in getattr(params, group):

@@ -287,24 +287,22 @@ class TrainParams:
     def __post_init__(self) -> None:
         if self.preset is not None and self.preset not in self.presets:
             raise ValueError(f"train.preset: {self.preset!r} is not one of the presets {sorted(self.presets)}")
-        import difflib
+        from talkgs.config import closest_hint
 
         phases = sorted({ph.name for v in self.variants.values() for ph in v.phases})
         for name, p in self.presets.items():
             for k in p.phase_iteration_scale:
                 if k not in phases:
-                    close = difflib.get_close_matches(k, phases, n=1)
-                    hint = f" Did you mean {close[0]!r}?" if close else ""
-                    raise ValueError(f"train.presets.{name}.phase_iteration_scale: no variant has a phase {k!r}.{hint} Phases: {phases}")
+                    raise ValueError(
+                        f"train.presets.{name}.phase_iteration_scale: no variant has a phase {k!r}.{closest_hint(k, phases)} Phases: {phases}"
+                    )
 
     def variant(self, name: str) -> VariantParams:
         """The variant ``name`` with :attr:`preset` applied."""
         if name not in self.variants:
-            import difflib
+            from talkgs.config import closest_hint
 
-            close = difflib.get_close_matches(name, list(self.variants), n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise KeyError(f"unknown variant {name!r}.{hint} Variants: {', '.join(sorted(self.variants))}")
+            raise KeyError(f"unknown variant {name!r}.{closest_hint(name, list(self.variants))} Variants: {', '.join(sorted(self.variants))}")
         v = self.variants[name]
         return v if self.preset is None else apply_preset(v, self.presets[self.preset])
 
