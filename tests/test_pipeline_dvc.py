@@ -54,6 +54,7 @@ def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
     subprocess.run(["git", "init", "-q"], cwd=root, check=True, env=env)
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=root, check=True, env=env)
+    shutil.copy(REPO / ".dvcignore", root / ".dvcignore")
     return root
 
 
@@ -94,6 +95,10 @@ def test_dvc_repro_runs_every_stage_then_nothing(pipeline_repo: Path):
     few = (pipeline_repo / "metrics/tables/few_shot.md").read_text()
     assert "gaussiantalker @2s" in few and "gaussiantalker @10s" in few and "gaussiantalker @all" in few, few
 
+    # bytecode and numba caches written next to the sources are not code changes (.dvcignore)
+    for cache in ("src/talkgs/io/__pycache__/media.cpython-311.pyc", "src/talkgs/render/__pycache__/cpu.kernel-1.py311.nbi"):
+        (pipeline_repo / cache).parent.mkdir(exist_ok=True)
+        (pipeline_repo / cache).write_bytes(b"\0" * 16)
     again = _dvc(pipeline_repo, "repro")
     assert "Running stage" not in again and "up to date" in again, again
 
