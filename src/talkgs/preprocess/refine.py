@@ -27,17 +27,21 @@ OpenCV's optical flow uses integer pixel centres, so LK positions are shifted by
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import cv2
 import numpy as np
 import torch
 
 from talkgs.preprocess import facemesh as fm
+
+R = TypeVar("R")
 
 if TYPE_CHECKING:
     from talkgs.preprocess.track import TrackParams
@@ -391,6 +395,22 @@ def init_keypoints(
     return pts, ok
 
 
+def _torch_deterministic(fn: Callable[..., R]) -> Callable[..., R]:
+    """``fn`` run with PyTorch's deterministic algorithms on; the previous mode is restored."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> R:
+        was = torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(True)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.use_deterministic_algorithms(was)
+
+    return wrapper
+
+
+@_torch_deterministic
 def bundle_adjust(
     k: np.ndarray,
     w2c0: np.ndarray,
@@ -430,26 +450,6 @@ def bundle_adjust(
     algorithms are on for the call: the scatter-add behind the keypoint gather otherwise sums in
     a thread-dependent order, and L-BFGS amplified that to ~5e-4 in pose between runs).
     """
-    was_deterministic = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
-        return _bundle_adjust(k, w2c0, canonical, lm_uv, lm_valid, tracks, params, surface=surface, progress=progress)
-    finally:
-        torch.use_deterministic_algorithms(was_deterministic)
-
-
-def _bundle_adjust(
-    k: np.ndarray,
-    w2c0: np.ndarray,
-    canonical: np.ndarray,
-    lm_uv: np.ndarray,
-    lm_valid: np.ndarray,
-    tracks: KeypointTracks,
-    params: TrackParams,
-    *,
-    surface: np.ndarray | None,
-    progress: bool,
-) -> BAResult:
     p = params
     t_start = time.perf_counter()
     n_frames = len(w2c0)
