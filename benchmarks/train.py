@@ -1,12 +1,24 @@
-"""Benchmark: train variants on a subject with a preset, render the test split, compare.
+"""Benchmark: milliseconds per training step of each variant, split into where the time goes.
 
-    python benchmarks/train.py --subject-dir data/german --variants static gaussiantalker \
-        --preset cpu --out /tmp/bench [--resolution 256]
+    python benchmarks/train.py [--subject-dir data/demo] [--variants static gaussiantalker ...]
+                               [--preset cpu] [--steps 40] [--device cpu]
 
-For each variant: training time and it/s, test-split render (self-driven) at ``--resolution``,
-face-region PSNR (box of the ground-truth face-oval landmarks) and full-frame PSNR, and mouth
-landmark distance (LMD: MediaPipe face mesh on render and ground truth, mean distance of the 40
-lip landmarks in pixels at the render resolution). Writes ``<out>/results.json``.
+For every variant of ``params.yaml`` (with the preset applied) and every one of its phases,
+trains ``--steps`` steps of that phase alone (a fresh model; the first 5 steps are warm-up and
+not counted) through the real trainer, and times each part of a step by wrapping the functions
+the trainer calls:
+
+- ``data``: the sampler + building the batch (frames, conditions, targets);
+- ``head``: the head's forward (and post modules) without the rasterizer;
+- ``rasterize``: :func:`talkgs.render.rasterize` forward calls;
+- ``loss``: the losses (what remains of the step before backward);
+- ``backward``: ``loss.backward()`` (the rasterizer's backward included);
+- ``callbacks``: densification and the other callbacks;
+- ``optimizer``: Adam steps.
+
+Prints one table per variant (ms per step, by phase and the mean over the preset's schedule
+weighted by phase length) and writes ``--out`` as JSON when given. The speed targets of the
+issues are checked with this script, never with a timed test.
 """
 
 from __future__ import annotations
@@ -14,99 +26,132 @@ from __future__ import annotations
 import talkgs  # noqa: F401  (first: OMP_WAIT_POLICY)
 
 import argparse
+import contextlib
+import dataclasses
+import importlib
 import json
-import logging
 import time
 from pathlib import Path
 
-import numpy as np
+import torch
+
+PARTS = ("data", "head", "rasterize", "loss", "backward", "callbacks", "optimizer")
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2) / 255.0**2
-    return float(10 * np.log10(1.0 / max(mse, 1e-12)))
+class _Timer:
+    def __init__(self) -> None:
+        self.t: dict[str, float] = {p: 0.0 for p in PARTS}
+        self.depth = 0
+
+    def wrap(self, part: str, fn):  # noqa: ANN001, ANN201
+        def inner(*a, **k):  # noqa: ANN002, ANN003, ANN202
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                self.t[part] += time.perf_counter() - t0
+
+        return inner
 
 
-def face_box(lm: np.ndarray, size: int, margin: float = 0.05) -> tuple[int, int, int, int]:
-    from talkgs.preprocess import facemesh as fm
-    from talkgs.train.losses import region_box
+@contextlib.contextmanager
+def _instrumented(timer: _Timer):  # noqa: ANN202
+    """Wrap the trainer's calls with timers; restore them afterwards."""
+    import talkgs.models.model as model_mod
+    import talkgs.train.density as density
+    import talkgs.train.loop as loop
+    from talkgs.models.registry import names
 
-    return region_box(lm[list(fm.FACE_OVAL), :2], margin, 16, size, size)
+    names("head")  # import every head module
+    patched: list[tuple[object, str, object]] = []
+
+    def patch(obj: object, attr: str, new: object) -> None:
+        patched.append((obj, attr, getattr(obj, attr)))
+        setattr(obj, attr, new)
+
+    patch(loop, "make_batch", timer.wrap("data", loop.make_batch))
+    patch(model_mod.TalkingModel, "render", timer.wrap("head", model_mod.TalkingModel.render))
+    import sys
+
+    for name, mod in list(sys.modules.items()):
+        if name.startswith("talkgs.models.heads.") and hasattr(mod, "rasterize"):
+            patch(mod, "rasterize", timer.wrap("rasterize", mod.rasterize))
+    patch(torch.Tensor, "backward", timer.wrap("backward", torch.Tensor.backward))
+    patch(density.Densify, "post_backward", timer.wrap("callbacks", density.Densify.post_backward))
+    patch(torch.optim.Adam, "step", timer.wrap("optimizer", torch.optim.Adam.step))
+    try:
+        yield
+    finally:
+        for obj, attr, old in reversed(patched):
+            setattr(obj, attr, old)
 
 
-def mouth_landmarks(frames: list[np.ndarray]) -> np.ndarray:
-    """``[T, 40, 2]`` lip landmarks (MediaPipe tracking mode over the sequence); NaN where no face."""
-    from talkgs.preprocess import facemesh as fm
+def bench_phase(subject, variant, phase_index: int, steps: int, device: str, warmup: int = 5) -> dict[str, float]:  # noqa: ANN001
+    """ms per step of one phase of ``variant`` (trained alone, ``steps`` steps, ``warmup`` not counted)."""
+    import tempfile
 
-    idx = list(fm.LIPS_OUTER) + list(fm.LIPS_INNER)
-    out = np.full((len(frames), len(idx), 2), np.nan)
-    with fm.FaceMesh() as mesh:
-        for k, f in enumerate(frames):
-            lm = mesh.process(f)
-            if lm is not None:
-                out[k] = lm[idx, :2]
+    from talkgs.train.loop import train
+
+    ph = variant.phases[phase_index]
+    v = dataclasses.replace(variant, phases=(dataclasses.replace(ph, iterations=warmup + steps),), checkpoint_every=10**9, log_every=10**9)
+    timer = _Timer()
+    stamps: list[tuple[float, dict[str, float]]] = []
+
+    def on_step(step: int, _losses: dict[str, float]) -> None:
+        stamps.append((time.perf_counter(), dict(timer.t)))
+
+    with tempfile.TemporaryDirectory() as td, _instrumented(timer):
+        train(subject, Path(td), v, progress=False, resume=False, device=device, on_step=on_step)
+    (t0, a), (t1, b) = stamps[warmup - 1], stamps[-1]
+    n = len(stamps) - warmup
+    out = {p: 1000.0 * (b[p] - a[p]) / n for p in PARTS}
+    out["head"] -= out["rasterize"]  # the head's forward without the rasterizer
+    total = 1000.0 * (t1 - t0) / n
+    out["loss"] = max(0.0, total - sum(v_ for k, v_ in out.items() if k != "loss"))
+    out["total"] = total
     return out
-
-
-def evaluate(data, frames_dir: Path) -> dict[str, float]:  # noqa: ANN001
-    import cv2
-
-    test = data.test_idx.tolist()
-    renders = [cv2.cvtColor(cv2.imread(str(frames_dir / f"{i:06d}.png")), cv2.COLOR_BGR2RGB) for i in test]
-    gts = [data.images[i].numpy() for i in test]
-    size = data.width
-    face, full = [], []
-    for i, r, g in zip(test, renders, gts):
-        y0, y1, x0, x1 = face_box(data.landmarks[i].numpy(), size)
-        face.append(psnr(r[y0:y1, x0:x1], g[y0:y1, x0:x1]))
-        full.append(psnr(r, g))
-    lr, lg = mouth_landmarks(renders), mouth_landmarks(gts)
-    d = np.linalg.norm(lr - lg, axis=-1).mean(-1)
-    ok = np.isfinite(d)
-    return {
-        "face_psnr": float(np.mean(face)),
-        "full_psnr": float(np.mean(full)),
-        "mouth_lmd_px": float(np.mean(d[ok])) if ok.any() else float("nan"),
-        "lmd_frames": int(ok.sum()),
-        "test_frames": len(test),
-    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--subject-dir", type=Path, required=True)
-    ap.add_argument("--variants", nargs="+", default=["static", "gaussiantalker"])
-    ap.add_argument("--preset", default="cpu")
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--resolution", type=int, default=None, help="render/eval resolution (default: extracted)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--no-train", action="store_true", help="only render + evaluate existing models")
+    ap.add_argument("--subject-dir", type=Path, default=Path("data/demo"), help="a preprocessed subject (default: the demo; `make demo` builds it)")
+    ap.add_argument("--variants", nargs="+", default=None, help="default: every variant of params.yaml")
+    ap.add_argument("--preset", default="cpu", help="train preset ('none' for the paper settings)")
+    ap.add_argument("--steps", type=int, default=40, help="timed steps per phase")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
+    ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    from talkgs.synthesize import render_test
+    from talkgs.config import load_params
     from talkgs.train.data import load_subject
-    from talkgs.train.loop import train
-    from talkgs.train.params import builtin_variant
 
-    results = {}
-    eval_data = None
-    for name in args.variants:
-        v = builtin_variant(name, args.preset)
-        mdir = args.out / name
-        t0 = time.perf_counter()
-        summary = None if args.no_train else train(args.subject_dir, mdir, v, progress=False, seed=args.seed)
-        t_train = time.perf_counter() - t0
-        if eval_data is None:
-            eval_data = load_subject(args.subject_dir, resolution=args.resolution, audio_feature=v.model.audio.feature)
-        t1 = time.perf_counter()
-        rt = render_test(eval_data, mdir, mdir / "test.mp4", frames_dir=mdir / "test_frames", progress=False)
-        t_render = time.perf_counter() - t1
-        metrics = evaluate(eval_data, mdir / "test_frames")
-        results[name] = {"train": summary, "train_wall_s": round(t_train, 1), "render": rt, "render_wall_s": round(t_render, 1), **metrics}
-        logging.info("%s: %s", name, json.dumps({k: results[name][k] for k in ("face_psnr", "full_psnr", "mouth_lmd_px")}))
-    (args.out / "results.json").write_text(json.dumps(results, indent=2))
-    print(json.dumps({k: {m: r[m] for m in ("face_psnr", "full_psnr", "mouth_lmd_px", "train_wall_s")} for k, r in results.items()}, indent=2))
+    params = load_params(args.params)
+    tp = dataclasses.replace(params.train, preset=None if args.preset == "none" else args.preset)
+    variants = args.variants or list(params.train.variants)
+    results: dict[str, dict] = {}
+    for name in variants:
+        v = tp.variant(name)
+        if not (args.subject_dir / "features").is_dir():
+            raise SystemExit(f"{args.subject_dir}: not a preprocessed subject (run `make demo` or `dvc repro features@<S> segment@<S>`)")
+        subject = load_subject(args.subject_dir, resolution=v.render.resolution, audio_feature=v.audio_feature)
+        rows = {}
+        for i, ph in enumerate(v.phases):
+            if ph.iterations == 0:
+                continue
+            rows[ph.name] = bench_phase(subject, v, i, args.steps, args.device)
+        weights = {ph.name: ph.iterations for ph in v.phases if ph.name in rows}
+        total = sum(weights.values())
+        rows["schedule mean"] = {p: sum(rows[k][p] * w for k, w in weights.items()) / total for p in (*PARTS, "total")}
+        results[name] = {"phases": rows, "steps": weights, "resolution": v.render.resolution, "preset": args.preset}
+        print(f"\n{name} (preset {args.preset}, {v.render.resolution}², ms per step; schedule: {weights})")
+        print(f"| phase | {' | '.join(PARTS)} | total |")
+        print(f"|---|{'---|' * (len(PARTS) + 1)}")
+        for k, r in rows.items():
+            print(f"| {k} | " + " | ".join(f"{r[p]:.1f}" for p in PARTS) + f" | {r['total']:.1f} |")
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":
+    importlib.invalidate_caches()
     main()

@@ -113,14 +113,27 @@ def tiny_subject():
     return synthetic_subject(16, 32)
 
 
+def repo_train_params():  # noqa: ANN201
+    """``train`` of the repository's ``params.yaml`` (where the variants are defined, once)."""
+    from talkgs.config import load_params
+
+    return load_params(REPO / "params.yaml").train
+
+
+def repo_variants() -> list[str]:
+    """Every variant ``params.yaml`` defines (the suite trains each one)."""
+    return sorted(repo_train_params().variants)
+
+
 def tiny_variant_of(name: str, steps_per_phase: int = 3, **preset):  # noqa: ANN201
-    """Built-in variant ``name`` shrunk to ~``steps_per_phase`` steps per 8k-step phase, ≤300 Gaussians."""
-    from talkgs.train.params import PresetParams, apply_preset, builtin_variant
+    """Variant ``name`` of ``params.yaml`` shrunk to ~``steps_per_phase`` steps per 8k-step
+    phase, ≤300 Gaussians (the preset ``cpu`` is not applied: these knobs replace it)."""
+    from talkgs.train.params import PresetParams, apply_preset
 
     kw = dict(init_points=150, max_gaussians=300, iteration_scale=steps_per_phase / 8000, loss_weights={"lpips": 0.0},
               sh_degree=1, triplane_resolution=8, checkpoint_every=2)  # fmt: skip
     kw.update(preset)
-    return apply_preset(builtin_variant(name), PresetParams(**kw))
+    return apply_preset(repo_train_params().variants[name], PresetParams(**kw))
 
 
 @pytest.fixture

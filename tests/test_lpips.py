@@ -72,7 +72,9 @@ def test_lpips_loss_trains_with_weights(tiny_subject, tiny_variant, random_alexn
 
     path, _ = random_alexnet
     v = tiny_variant("static", loss_weights={"lpips": 0.01}, iteration_scale=2 / 16000)
-    v = dataclasses.replace(v, losses=dataclasses.replace(v.losses, perceptual=dataclasses.replace(v.losses.perceptual, alexnet_weights=str(path))))
+    from talkgs.models.losses import LPIPSConfig
+
+    v = dataclasses.replace(v, losses={"lpips": LPIPSConfig(alexnet_weights=str(path))})
     seen = []
     res = train(tiny_subject, tmp_path / "run", v, progress=False, on_step=lambda s, l: seen.append(l))
     assert res["finished"] and all("lpips" in row for row in seen)

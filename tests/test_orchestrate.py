@@ -58,6 +58,7 @@ def test_stage_subject():
     assert stage_subject("extract@demo") == "demo"
     assert stage_subject("train@demo-gaussiantalker") == "demo"
     assert stage_subject("make_demo") is None
+    assert stage_subject("pretrain@gaussiantalker") is None and stage_subject("audio_features@demo_speech2") is None
 
 
 def test_list_stages_orders_dependencies_first(dvc_repo: Path):

@@ -63,9 +63,12 @@ def test_dvc_repro_runs_every_stage_then_nothing(pipeline_repo: Path):
     for stage in (
         "make_demo", "extract@demo", "segment@demo", "track@demo", "features@demo", "audio_features@demo_speech2",
         "train@demo-static", "train@demo-gaussiantalker", "evaluate@demo-gaussiantalker", "ground_truth@demo", "report",
-        "train_fewshot@demo-gaussiantalker-2", "evaluate_fewshot@demo-gaussiantalker-10",
+        "train_fewshot@demo-gaussiantalker-2", "evaluate_fewshot@demo-gaussiantalker-10", "pretrain@gaussiantalker",
     ):
         assert f"Running stage '{stage}'" in out, out
+    # no pretrain.subjects: the pretrain stage says so (train@S-V depends on it alike)
+    none = json.loads((pipeline_repo / "models/pretrain/static/none.json").read_text())
+    assert none["pretrained"] is False and "no pretrain.subjects" in none["reason"]
     meta = json.loads((pipeline_repo / "data/demo/extract/meta.json").read_text())
     n = len(list((pipeline_repo / "data/demo/extract/frames").glob("*.jpg")))
     assert n == meta["frame_count"] and 90 <= n <= 130

@@ -472,3 +472,23 @@ def test_composite_reference_is_plain_front_to_back_alpha_blending() -> None:
                 T *= 1 - a
             torch.testing.assert_close(out[i, j], acc, atol=1e-12, rtol=0)
             assert alpha[i, j, 0].item() == pytest.approx(1 - T, abs=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_extra_channels_are_composited_like_colours(backend: str) -> None:
+    """``extras [N, E]`` ride along in the same pass (gsplat's ``colors [..., N, D]``): an extra
+    channel equal to a colour channel renders to that channel's premultiplied value, the
+    colour, alpha and depth do not change, and gradients reach the extras."""
+    (means, quats, scales, opac, colors), cam = SCENES["random"]()
+    extras = torch.cat([colors[:, :1], torch.ones_like(colors[:, :1])], dim=-1).clone().requires_grad_(True)
+    plain = rasterize(means, quats, scales, opac, colors, cam, None, backend=backend)
+    out = rasterize(means, quats, scales, opac, colors, cam, None, backend=backend, extras=extras)
+    assert out.extras is not None and out.extras.shape == (cam.height, cam.width, 2) and plain.extras is None
+    for name in ("rgb", "alpha", "depth"):
+        torch.testing.assert_close(getattr(out, name), getattr(plain, name), atol=1e-10, rtol=1e-10, msg=name)
+    torch.testing.assert_close(out.extras[..., 0], out.rgb[..., 0], atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(out.extras[..., 1:], out.alpha, atol=1e-10, rtol=1e-10)  # a channel of ones = alpha
+    out.extras.sum().backward()
+    assert extras.grad is not None and extras.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match=r"extras: expected \[N=120, E\]"):
+        rasterize(means, quats, scales, opac, colors, cam, None, backend=backend, extras=extras[:5])

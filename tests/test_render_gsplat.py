@@ -100,6 +100,19 @@ def test_gradient_parity(sh_degree) -> None:
     assert err < 1e-2, f"means2d: relative L2 gradient difference {err:.2e}"
 
 
+@pytest.mark.parametrize("sh_degree", [None, 2])
+def test_extra_channels_parity(sh_degree) -> None:
+    """Extra channels (TalkingGaussian's attention maps) through gsplat equal the CPU backend's."""
+    tensors, cam, bg = scene(n=300, sh_degree=sh_degree, seed=4)
+    g = torch.Generator().manual_seed(5)
+    extras = torch.rand(tensors[0].shape[0], 2, generator=g)
+    cpu_out = rasterize(*tensors, cam, bg, sh_degree=sh_degree, backend="cpu", extras=extras)
+    gs_out = rasterize(*[t.to(CUDA) for t in tensors], cam.to(CUDA), bg.to(CUDA), sh_degree=sh_degree, extras=extras.to(CUDA))
+    assert gs_out.backend == "gsplat" and gs_out.extras is not None
+    assert_forward_close(cpu_out.rgb, gs_out.rgb, "rgb")
+    assert_forward_close(cpu_out.extras, gs_out.extras, "extras")
+
+
 def test_auto_backend_uses_gsplat_for_cuda_tensors() -> None:
     tensors, cam, bg = scene(n=50)
     out = rasterize(*[t.to(CUDA) for t in tensors], cam.to(CUDA), bg.to(CUDA))

@@ -103,6 +103,14 @@ def cmd_variant_stage(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    """`talkgs pretrain --variant V`."""
+    from talkgs import pipeline
+
+    pipeline.pretrain(_params(args), args.variant, args.root, progress=not args.quiet)
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from talkgs import pipeline
 
@@ -233,6 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--fewshot", type=float, default=None, metavar="SECONDS",
                        help="few-shot protocol: the run trained on the first SECONDS of the clip (<V>@fewshot<SECONDS>)")
         s.set_defaults(func=cmd_variant_stage)
+
+    s = sub.add_parser("pretrain", help="stage pretrain: train a variant across its pretrain.subjects into models/pretrain/<V>/",
+                       description="Run stage pretrain (cross-subject pretraining, one identity per subject), outside DVC "
+                       "(prefer `dvc repro pretrain@V`). Resumes a killed run.")  # fmt: skip
+    s.add_argument("--variant", required=True, help="variant name from params.yaml train.variants (with pretrain.subjects)")
+    s.set_defaults(func=cmd_pretrain)
 
     s = sub.add_parser("report", help="stage report: paper-style tables in metrics/tables/ from all metrics files")
     s.set_defaults(func=cmd_report)

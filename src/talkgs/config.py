@@ -15,17 +15,14 @@ over it); ``catalog`` holds opt-in subjects (the real clips in ``../shared/data`
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 
 import yaml
 
+from talkgs.configlib import ConfigError, closest_hint, dump_yaml, from_dict, to_dict
 from talkgs.demo import DemoParams
 from talkgs.eval.run import EvalWeights
 from talkgs.features.build import FeaturesParams
@@ -34,13 +31,12 @@ from talkgs.preprocess.segment import SegmentParams
 from talkgs.preprocess.track import TrackParams
 from talkgs.train.params import TrainParams
 
-T = TypeVar("T")
+__all__ = [
+    "ConfigError", "closest_hint", "from_dict", "to_dict", "dump_yaml", "Params", "SubjectParams", "AudioParams",
+    "EvaluateParams", "FewShotParams", "load_params", "validate", "SUBJECT_NAME", "RESERVED_NAMES",
+]  # fmt: skip
 
 SUBJECT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
-
-
-class ConfigError(ValueError):
-    """``params.yaml`` (or an override) is invalid; the message names the key and the fix."""
 
 
 @dataclass(frozen=True)
@@ -171,120 +167,21 @@ class Params:
         return dataclasses.replace(self.extract, resolution=s.resolution)
 
 
-def closest_hint(key: str, valid: list[str]) -> str:
-    """`` Did you mean ...?`` for the valid name closest to ``key`` (empty when none is close)."""
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-    return f" Did you mean {close[0]!r}?" if close else ""
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _convert(tp: Any, value: Any, where: str) -> Any:
-    """Check/convert a YAML value against a type annotation; raise ConfigError with ``where``."""
-    origin = get_origin(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        args = get_args(tp)
-        if value is None:
-            if type(None) in args:
-                return None
-            raise ConfigError(f"{where}: null is not allowed (expected {_type_name(tp)})")
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _convert(a, value, where)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {_type_name(tp)}")
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, where)
-    if origin is dict:
-        kt, vt = get_args(tp)
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, found {type(value).__name__}")
-        return {_convert(kt, k, f"{where}.{k}"): _convert(vt, v, f"{where}.{k}") for k, v in value.items()}
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, found {type(value).__name__}")
-        args = get_args(tp)
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(args) != len(value):
-                raise ConfigError(f"{where}: expected {len(args)} items, found {len(value)}")
-            return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
-        et = args[0] if args else Any
-        out = [_convert(et, v, f"{where}[{i}]") for i, v in enumerate(value)]
-        return tuple(out) if origin is tuple else out
-    if origin is typing.Literal:
-        if value not in get_args(tp):
-            raise ConfigError(f"{where}: {value!r} is not one of {list(get_args(tp))}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true/false, found {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, found {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, found {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, found {value!r}")
-        return value
-    raise TypeError(f"config type {tp!r} at {where} is not supported by the loader")  # programming error
-
-
-def from_dict(cls: type[T], data: Any, where: str = "params") -> T:
-    """Build dataclass ``cls`` from a mapping, strictly (unknown keys and bad types are errors)."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, found {type(data).__name__}")
-    hints = get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        if key not in fields:
-            raise ConfigError(
-                f"{where}: unknown key {key!r}.{closest_hint(str(key), list(fields))} "
-                f"Valid keys: {', '.join(fields)}."
-            )
-        kwargs[key] = _convert(hints[key], value, f"{where}.{key}")
-    missing = [
-        n for n, f in fields.items()
-        if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    ]  # fmt: skip
-    if missing:
-        raise ConfigError(f"{where}: missing required key(s) {', '.join(missing)}")
-    try:
-        return cls(**kwargs)
-    except (ValueError, TypeError) as e:  # __post_init__ validation
-        raise ConfigError(f"{where}: {e}") from e
-
-
-def to_dict(obj: Any) -> Any:
-    """Plain YAML-able structure of a (nested) dataclass."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, dict):
-        return {k: to_dict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_dict(v) for v in obj]
-    return obj
-
-
-RESERVED_NAMES = {"raw", "audio"}  # folders of data/ that are not subjects
+RESERVED_NAMES = {"raw", "audio", "pretrain"}  # folders of data/ and models/ that are not subjects
 
 
 def validate(params: Params, source: str) -> Params:
+    for group in ("subjects", "catalog", "audios", "audio_catalog"):
+        for name in getattr(params, group):
+            if not SUBJECT_NAME.match(name):
+                raise ConfigError(
+                    f"{source}: {group}.{name}: names are lower-case letters, digits and '_' "
+                    f"(starting with a letter, at most 48 characters); rename it."
+                )
+            if group in ("subjects", "catalog") and name in RESERVED_NAMES:
+                raise ConfigError(f"{source}: {group}.{name}: {sorted(RESERVED_NAMES)} are reserved folder names; rename it.")
+    if not params.train.variants:
+        raise ConfigError(f"{source}: train.variants is empty: define the variants there (the repository's params.yaml has them)")
     unknown = [v for v in params.evaluate.variants if v not in params.train.variants]
     if unknown:
         raise ConfigError(
@@ -298,19 +195,23 @@ def validate(params: Params, source: str) -> Params:
             f"{source}: evaluate.few_shot.variants names {unknown}, not in train.variants "
             f"({', '.join(sorted(params.train.variants))}).{closest_hint(unknown[0], list(params.train.variants))}"
         )
+    for name in params.evaluate.variants:
+        v = params.train.variants[name]
+        for s in v.pretrain.subjects:
+            if s not in params.subjects:
+                hint = f" Enable it first: `talkgs subjects enable {s}`." if s in params.catalog else closest_hint(s, list(params.subjects))
+                raise ConfigError(f"{source}: train.variants.{name}.pretrain.subjects names {s!r}, not an enabled subject ({', '.join(sorted(params.subjects))}).{hint}")
+    if fs.subjects:
+        for name in fs.variants:
+            if name not in params.evaluate.variants:
+                raise ConfigError(
+                    f"{source}: evaluate.few_shot.variants: {name!r} is not in evaluate.variants; few-shot runs are compared with "
+                    f"the variant's full run (the @all column) and start from its pretrain@{name} stage: add {name!r} there too"
+                )
     for name in fs.subjects:
         if name not in params.subjects:
             hint = f" Enable it first: `talkgs subjects enable {name}`." if name in params.catalog else closest_hint(name, list(params.subjects))
             raise ConfigError(f"{source}: evaluate.few_shot.subjects names {name!r}, not an enabled subject ({', '.join(sorted(params.subjects))}).{hint}")
-    for group in ("subjects", "catalog", "audios", "audio_catalog"):
-        for name in getattr(params, group):
-            if not SUBJECT_NAME.match(name):
-                raise ConfigError(
-                    f"{source}: {group}.{name}: names are lower-case letters, digits and '_' "
-                    f"(starting with a letter, at most 48 characters); rename it."
-                )
-            if group in ("subjects", "catalog") and name in RESERVED_NAMES:
-                raise ConfigError(f"{source}: {group}.{name}: {sorted(RESERVED_NAMES)} are reserved folder names; rename it.")
     return params
 
 
@@ -326,8 +227,7 @@ def load_params(path: str | os.PathLike[str] = "params.yaml") -> Params:
     try:
         return validate(from_dict(Params, data, "params"), str(path))
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
+        msg = str(e)
+        raise ConfigError(msg if msg.startswith(f"{path}:") else f"{path}: {msg}") from None
 
 
-def dump_yaml(obj: Any) -> str:
-    return yaml.safe_dump(to_dict(obj), sort_keys=False, default_flow_style=False)

@@ -64,9 +64,9 @@ def stage_subject(stage: str) -> str | None:
     """Subject of a ``foreach`` stage name (``extract@demo`` -> ``demo``), ``None`` for plain stages.
 
     Matrix stages over subjects x variants are named ``stage@<subject>-<variant>``; subject names
-    never contain '-'.
+    never contain '-'. ``pretrain@<variant>`` and ``audio_features@<audio>`` have no subject.
     """
-    if "@" not in stage:
+    if "@" not in stage or stage.split("@", 1)[0] in ("pretrain", "audio_features"):
         return None
     return stage.split("@", 1)[1].split("-", 1)[0]
 

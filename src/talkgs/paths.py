@@ -10,6 +10,7 @@ data/<subject>/features/          frames.parquet, audio_<enc>.parquet      (stag
 data/audio/<audio>/               audio_<enc>.parquet of a foreign audio   (stage audio_features)
 models/<subject>/<variant>/       checkpoint.pt, config.yaml, curves.csv   (stage train)
 models/<subject>/<variant>@fewshot<sec>/  the same, trained on the first <sec> s  (stage train_fewshot)
+models/pretrain/<variant>/        the cross-subject model (or none.json)   (stage pretrain)
 plots/train/<subject>/<variant>.csv  the training curves as a DVC plot      (stage train)
 renders/<subject>/<variant>/      test/, comparison.mp4, cross_<audio>.mp4 (stage evaluate)
 renders/<subject>/<variant>@fewshot<sec>/  test/, comparison.mp4            (stage evaluate_fewshot)
@@ -56,6 +57,11 @@ def audio_dir(audio: str, root: Path = Path(".")) -> Path:
 
 def model_dir(subject: str, variant: str, root: Path = Path(".")) -> Path:
     return root / "models" / subject / variant
+
+
+def pretrain_dir(variant: str, root: Path = Path(".")) -> Path:
+    """``models/pretrain/<variant>/``: the variant's cross-subject pretrained model."""
+    return root / "models" / "pretrain" / variant
 
 
 def renders_dir(subject: str, variant: str, root: Path = Path(".")) -> Path:

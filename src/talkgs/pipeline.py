@@ -108,6 +108,7 @@ def train(params: Params, subject: str, variant: str, root: Path, *, progress: b
     from talkgs.train.loop import train as _train
 
     v = params.train.variant(variant)
+    init = _init_from(v, variant, root)
     out = paths.model_dir(subject, run_name(variant, fewshot), root)
     if fewshot is not None:
         try:
@@ -120,11 +121,56 @@ def train(params: Params, subject: str, variant: str, root: Path, *, progress: b
     (out / "unavailable.json").unlink(missing_ok=True)  # a clip that became long enough
     result = _train(
         paths.subject_dir(subject, root), out, v, resume=True, progress=progress,
-        seed=params.train.seed, device=params.train.device, train_seconds=fewshot,
+        seed=params.train.seed, device=params.train.device, train_seconds=fewshot, init_from=init,
     )  # fmt: skip
     if fewshot is None:  # the training curves as a DVC plot (outside the persisted model folder)
         write_bytes(paths.train_plot(subject, variant, root), (out / "curves.csv").read_bytes())
     log.info("train %s/%s -> %s", subject, out.name, out)
+    return result
+
+
+def _init_from(v, variant: str, root: Path) -> Path | None:  # noqa: ANN001 - VariantParams
+    """The checkpoint a variant's per-subject training starts from (``init_from``), or None."""
+    from talkgs.train.data import DataError
+    from talkgs.train.params import PRETRAIN
+
+    if v.init_from is None:
+        return None
+    if v.init_from == PRETRAIN:
+        ck = paths.pretrain_dir(variant, root) / "checkpoint.pt"
+        if not ck.is_file():
+            raise DataError(f"{ck} not found: variant {variant!r} starts from its cross-subject model; run `dvc repro pretrain@{variant}` first")
+        return ck
+    ck = _under(root, v.init_from)
+    if not ck.is_file():
+        raise DataError(f"{ck} not found (train.variants.{variant}.init_from); give the path of a talkgs checkpoint.pt")
+    return ck
+
+
+def pretrain(params: Params, variant: str, root: Path, *, progress: bool = True) -> dict:
+    """Stage ``pretrain@<V>``: train ``variant`` across the subjects of its ``pretrain.subjects``
+    (one identity each) into ``models/pretrain/<V>/``. A variant without pretraining gets
+    ``none.json`` there instead (every evaluated variant has this stage, so ``train@S-V``
+    depends on it uniformly); it takes a second."""
+    from talkgs.io.atomic import atomic_dir, write_json
+
+    out = paths.pretrain_dir(variant, root)
+    v = params.train.variant(variant)
+    if not v.pretrain.subjects:
+        with atomic_dir(out) as tmp:
+            write_json(tmp / "none.json", {"variant": variant, "pretrained": False, "reason": f"train.variants.{variant} has no pretrain.subjects"})
+        log.info("pretrain %s: no pretrain.subjects, nothing to train", variant)
+        return {"pretrained": False}
+    from talkgs.train.loop import train as _train
+
+    for s in v.pretrain.subjects:
+        params.subject(s)  # enabled (a clear error otherwise)
+    (out / "none.json").unlink(missing_ok=True)
+    result = _train(
+        [paths.subject_dir(s, root) for s in v.pretrain.subjects], out, v.pretraining(), resume=True, progress=progress,
+        seed=params.train.seed, device=params.train.device,
+    )  # fmt: skip
+    log.info("pretrain %s on %s -> %s", variant, ", ".join(v.pretrain.subjects), out)
     return result
 
 
@@ -217,7 +263,7 @@ def report(params: Params, root: Path, *, progress: bool = True) -> dict:
     return {k: str(v) for k, v in written.items()}
 
 
-STAGES = {"make_demo", "extract", "segment", "track", "features", "audio_features", "train", "evaluate",
+STAGES = {"make_demo", "extract", "segment", "track", "features", "audio_features", "pretrain", "train", "evaluate",
           "ground_truth", "report"}  # fmt: skip
 
 
@@ -233,12 +279,15 @@ def stage_main(stage: str, argv: list[str] | None = None) -> None:
     from talkgs.io.media import MediaError
     from talkgs.logs import setup_logging
     from talkgs.preprocess.errors import InputError
+    from talkgs.train.data import DataError
 
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; stages: {sorted(STAGES)}")
     parser = argparse.ArgumentParser(prog=f"stages/{stage}.py", description=f"DVC stage {stage}")
     if stage == "audio_features":
         parser.add_argument("--audio", required=True)
+    elif stage == "pretrain":
+        parser.add_argument("--variant", required=True)
     elif stage not in ("make_demo", "report"):
         parser.add_argument("--subject", required=True)
     if stage in ("train", "evaluate"):
@@ -256,8 +305,10 @@ def stage_main(stage: str, argv: list[str] | None = None) -> None:
             globals()[stage](params, args.subject, args.variant, args.root, fewshot=args.fewshot)
         elif stage == "audio_features":
             audio_features(params, args.audio, args.root)
+        elif stage == "pretrain":
+            pretrain(params, args.variant, args.root)
         else:
             globals()[stage](params, args.subject, args.root)
-    except (ConfigError, InputError, MediaError) as e:
+    except (ConfigError, InputError, MediaError, DataError) as e:
         log.error("%s", e)
         sys.exit(2)

@@ -22,7 +22,7 @@ import torch
 
 from talkgs.io.media import VideoWriter, read_wav, write_wav
 from talkgs.train.data import SubjectData, audio_features_for_wav, load_subject, pingpong
-from talkgs.train.loop import load_model, render_eps2d, render_frame
+from talkgs.train.loop import load_model, render_eps2d, render_frame, render_settings
 
 log = logging.getLogger(__name__)
 
@@ -32,16 +32,19 @@ __all__ = ["synthesize", "render_test", "load_for_render"]
 def load_for_render(
     subject: str | Path | SubjectData, model_dir: str | Path, *, resolution: int | None = None, device: str | torch.device = "cpu"
 ) -> tuple[Any, Any, SubjectData, dict[str, Any]]:
-    """``(model, variant, data, render_opts)``: the trained model of ``model_dir``, the subject at
-    ``resolution`` (None: the extracted resolution) and the keyword options of
-    :func:`~talkgs.train.loop.render_frame` for that resolution (background, backend, eps2d)."""
+    """``(model, variant, data, render_opts)``: the trained model of ``model_dir`` (prepared for
+    inference), the subject at ``resolution`` (None: the extracted resolution) and the keyword
+    options of :func:`~talkgs.train.loop.render_frame` for that resolution (settings with the
+    scaled dilation, background)."""
     model, variant, ckpt = load_model(Path(model_dir) / "checkpoint.pt", device=device)
     if isinstance(subject, SubjectData):
         data = subject
     else:
-        data = load_subject(subject, resolution=None, audio_feature=variant.model.audio.feature, load_labels=False)
+        data = load_subject(subject, resolution=None, audio_feature=variant.audio_feature, load_labels=False)
     if resolution is not None and resolution != data.width:
         data = data.resized(resolution)
+    with torch.no_grad():
+        model.prepare()
     return model, variant, data, _render_opts(variant, ckpt, data)
 
 
@@ -99,7 +102,7 @@ def synthesize(
     """
     t_start = time.perf_counter()
     model, variant, data, opts = load_for_render(subject, model_dir, resolution=resolution, device=device)
-    feature = variant.model.audio.feature
+    feature = variant.audio_feature
     if isinstance(audio_features, (str, Path)):
         from talkgs.features.cache import read_audio_table
 
@@ -115,19 +118,18 @@ def synthesize(
     if feats.ndim != 3 or tuple(feats.shape[1:]) != (data.audio_window, data.audio_dim):
         raise ValueError(
             f"audio features of {audio_wav} are {list(feats.shape)}, the model was trained on windows "
-            f"[{data.audio_window}, {data.audio_dim}] of {variant.model.audio.feature!r}"
+            f"[{data.audio_window}, {data.audio_dim}] of {variant.audio_feature!r}"
         )
     n = len(feats) if max_frames is None else min(len(feats), max_frames)
     train = data.train_idx.tolist()
-    canonical = model.canonical_attributes()
     bar = _Bar(progress, n, "synthesize")
     t_render = 0.0
     with VideoWriter(out_mp4, data.fps, audio=audio_wav) as w:
         for k in range(n):
             j = train[pingpong(k, len(train))]
             t0 = time.perf_counter()
-            out, _ = render_frame(model, data, j, audio=feats[k], canonical=canonical, device=device, **opts)
-            frame = _to_uint8(out.rgb)
+            out = render_frame(model, data, j, audio_source=feats, audio_index=k, device=device, **opts)
+            frame = _to_uint8(out.rgb[0])
             t_render += time.perf_counter() - t0
             w.write(frame)
             bar.update(k + 1, (k + 1) / max(t_render, 1e-9))
@@ -139,12 +141,10 @@ def synthesize(
 
 
 def _render_opts(variant: Any, ckpt: dict[str, Any], data: SubjectData) -> dict[str, Any]:
-    train_size = int(ckpt.get("data", {}).get("resolution", [data.width])[0])
-    return {
-        "background": variant.render.background,
-        "backend": variant.render.backend,
-        "eps2d": render_eps2d(variant, train_size, data.width),
-    }
+    d = ckpt.get("data", {})
+    res = d.get("resolution") or (d.get("subjects") or [{}])[0].get("resolution") or [data.width]
+    train_size = int(res[0])
+    return {"background": variant.render.background, "settings": render_settings(variant, render_eps2d(variant, train_size, data.width))}
 
 
 @torch.no_grad()
@@ -177,14 +177,13 @@ def render_test(
     test = data.test_idx.tolist()
     if not test:
         raise ValueError(f"{data.name}: the test split is empty")
-    canonical = model.canonical_attributes()
     renders: list[np.ndarray] = []
     t_render = 0.0
     bar = _Bar(progress, len(test), "render test")
     for k, i in enumerate(test):
         t0 = time.perf_counter()
-        out, _ = render_frame(model, data, i, canonical=canonical, device=device, **opts)
-        renders.append(_to_uint8(out.rgb))
+        out = render_frame(model, data, i, device=device, **opts)
+        renders.append(_to_uint8(out.rgb[0]))
         t_render += time.perf_counter() - t0
         bar.update(k + 1, (k + 1) / max(t_render, 1e-9))
     bar.close()

@@ -18,15 +18,53 @@ rotation, scale, SH, opacity) and ``explicit`` (vanilla 3DGS: every attribute st
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from talkgs.models.gaussians import GaussianAttributes, GaussianParams, inverse_sigmoid, num_sh_bases, rgb_to_sh
-from talkgs.models.registry import build, register
+from talkgs.models.registry import ComponentConfig, build, register
 
-__all__ = ["TriplaneCanonical", "ExplicitCanonical", "mlp"]
+__all__ = ["TriplaneCanonical", "ExplicitCanonical", "CanonicalConfig", "TriplaneMLPConfig", "ExplicitConfig", "mlp"]
+
+
+@dataclass(frozen=True)
+class CanonicalConfig(ComponentConfig):
+    """Canonical Gaussians (registry kind ``canonical``; ``name`` picks the model, default
+    ``triplane_mlp``)."""
+
+    kind: ClassVar[str] = "canonical"
+    default: ClassVar[str] = "triplane_mlp"
+    sh_degree: int = 3
+    """Spherical-harmonics degree of the colours (3DGS: 3)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        num_sh_bases(self.sh_degree)  # validates 0..4
+
+
+@dataclass(frozen=True)
+class TriplaneMLPConfig(CanonicalConfig):
+    """``canonical/triplane_mlp``: GaussianTalker's attributes from triplane features through MLPs."""
+
+    name: str = "triplane_mlp"
+    hidden: int = 64
+    """Width of the shared trunk and the attribute heads."""
+    trunk_layers: int = 1
+    """Hidden layers of the shared trunk phi_shared."""
+    head_layers: int = 1
+    """Hidden layers of each attribute head (0 = linear)."""
+    head_init_scale: float = 0.1
+    """The heads' last-layer weights are scaled by this at init (outputs start near the initial values)."""
+
+
+@dataclass(frozen=True)
+class ExplicitConfig(CanonicalConfig):
+    """``canonical/explicit``: vanilla 3DGS attributes stored per Gaussian."""
+
+    name: str = "explicit"
 
 
 def mlp(in_dim: int, hidden: int, out_dim: int, layers: int, *, final_act: bool = False) -> nn.Sequential:
@@ -51,7 +89,7 @@ def _init_head(head: nn.Sequential, bias: Tensor, weight_scale: float) -> None:
         last.bias.copy_(bias)
 
 
-@register("canonical", "triplane_mlp")
+@register("canonical", "triplane_mlp", TriplaneMLPConfig)
 class TriplaneCanonical(nn.Module):
     """GaussianTalker's canonical model: ``kappa = phi_shared(f(mu))``, ``r, s, SH, alpha = phi_*(kappa)``.
 
@@ -61,33 +99,25 @@ class TriplaneCanonical(nn.Module):
     point cloud.
 
     Args:
-        encoder: spatial encoder config, ``{"name": ..., **kwargs}`` (registry kind ``spatial_encoder``).
-        hidden: width of the shared trunk and heads.
-        trunk_layers: hidden layers of ``phi_shared``.
-        head_layers: hidden layers of each attribute head (0 = linear).
-        sh_degree: SH degree of the colours.
+        cfg: sizes (:class:`TriplaneMLPConfig`).
+        encoder: the spatial encoder's config (registry kind ``spatial_encoder``).
         init_opacity: opacity every Gaussian starts with.
         init_log_scale: log scale every Gaussian starts with (set from the point spacing).
         init_rgb: colour every Gaussian starts with (the mean head colour).
-        head_init_scale: factor on the last-layer weights at init.
     """
 
     def __init__(
         self,
+        cfg: TriplaneMLPConfig,
         *,
-        encoder: dict[str, Any],
-        hidden: int = 64,
-        trunk_layers: int = 1,
-        head_layers: int = 1,
-        sh_degree: int = 3,
+        encoder: ComponentConfig,
         init_opacity: float = 0.1,
         init_log_scale: float = -4.0,
         init_rgb: tuple[float, float, float] = (0.5, 0.5, 0.5),
-        head_init_scale: float = 0.1,
     ) -> None:
         super().__init__()
-        enc = dict(encoder)
-        self.encoder = build("spatial_encoder", enc.pop("name"), **enc)
+        hidden, trunk_layers, head_layers, sh_degree, head_init_scale = cfg.hidden, cfg.trunk_layers, cfg.head_layers, cfg.sh_degree, cfg.head_init_scale
+        self.encoder = build("spatial_encoder", encoder)
         f = self.encoder.out_dim
         self.sh_degree = sh_degree
         self.k = num_sh_bases(sh_degree)
@@ -137,7 +167,7 @@ class TriplaneCanonical(nn.Module):
         return {"means": ["means"]}
 
 
-@register("canonical", "explicit")
+@register("canonical", "explicit", ExplicitConfig)
 class ExplicitCanonical(nn.Module):
     """Vanilla 3DGS: quats, log-scales, opacity logits and SH stored per Gaussian (parameter-dict
     keys ``quats, scales, opacities, sh`` in gsplat's raw layout: log scales, opacity logits).
@@ -148,20 +178,19 @@ class ExplicitCanonical(nn.Module):
 
     def __init__(
         self,
+        cfg: ExplicitConfig,
         *,
-        encoder: dict[str, Any] | None = None,
-        sh_degree: int = 3,
+        encoder: ComponentConfig | None = None,
         init_opacity: float = 0.1,
-        **_unused: Any,
+        init_log_scale: float = -4.0,
+        init_rgb: tuple[float, float, float] = (0.5, 0.5, 0.5),
     ) -> None:
+        # init_log_scale / init_rgb: the per-Gaussian values come from extra_tensors instead
         super().__init__()
-        self.sh_degree = sh_degree
-        self.k = num_sh_bases(sh_degree)
+        self.sh_degree = cfg.sh_degree
+        self.k = num_sh_bases(cfg.sh_degree)
         self.init_opacity = init_opacity
-        self.encoder = None
-        if encoder is not None:
-            enc = dict(encoder)
-            self.encoder = build("spatial_encoder", enc.pop("name"), **enc)
+        self.encoder = None if encoder is None else build("spatial_encoder", encoder)
 
     @property
     def feature_dim(self) -> int:

@@ -1,32 +1,22 @@
-"""Model configuration: which registered components a variant uses, and their sizes.
+"""Shared head config parts: the initial point cloud of a Gaussian set.
 
-``params.yaml: train.variants.<name>.model``. Defaults are GaussianTalker's (appendix A).
-Every component section has a ``name`` (a registered component of its kind, see
-:mod:`talkgs.models.registry`); the other fields are passed to it as keyword arguments.
+Component configs live next to their components (e.g.
+:class:`talkgs.models.encoders.triplane.TriplaneConfig`); a head config
+(:class:`talkgs.models.contract.HeadConfig`) composes them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from talkgs.models.gaussians import ATTRIBUTES
+from talkgs.models.contract import PointCloudSpec
 
-__all__ = [
-    "InitParams",
-    "SpatialEncoderParams",
-    "CanonicalParams",
-    "AudioEncoderParams",
-    "EyeParams",
-    "ViewParams",
-    "ConditionParams",
-    "DeformerParams",
-    "ModelParams",
-]
+__all__ = ["InitParams"]
 
 
 @dataclass(frozen=True)
 class InitParams:
-    """Initial point cloud of the canonical head, built from the clip's own tracking.
+    """Initial point cloud of a set of canonical Gaussians, built from the clip's own tracking.
 
     Points: the tracked face landmarks (in the canonical head frame) plus head pixels (face,
     hair, ears, lips, eyes, mouth labels) of a few training frames, lifted to 3D with a depth
@@ -54,127 +44,23 @@ class InitParams:
     margin: float = 0.15
     """The spatial encoder's box is the initial cloud's box grown by this fraction per side."""
 
-
-@dataclass(frozen=True)
-class SpatialEncoderParams:
-    """Spatial encoder (registry kind ``spatial_encoder``): canonical position → feature."""
-
-    name: str = "triplane"
-    """Registered spatial encoder."""
-    channels: int = 32
-    """Triplane: channels per plane and resolution (feature size = channels x len(multires))."""
-    resolution: int = 64
-    """Triplane: base resolution R (paper: 64)."""
-    multires: tuple[int, ...] = (1, 2)
-    """Triplane: resolution multipliers (paper: R upsampled x2 → (1, 2))."""
-    init_low: float = 0.1
-    """Triplane: planes start uniform in [init_low, init_high] (K-planes)."""
-    init_high: float = 0.5
-
-
-@dataclass(frozen=True)
-class CanonicalParams:
-    """Canonical Gaussians (registry kind ``canonical``)."""
-
-    name: str = "triplane_mlp"
-    """``triplane_mlp`` (GaussianTalker: attributes from triplane features through MLPs) or
-    ``explicit`` (vanilla 3DGS attributes stored per Gaussian)."""
-    hidden: int = 64
-    """Width of the shared trunk and the attribute heads."""
-    trunk_layers: int = 1
-    """Hidden layers of the shared trunk phi_shared."""
-    head_layers: int = 1
-    """Hidden layers of each attribute head (0 = linear)."""
-    sh_degree: int = 3
-    """Spherical-harmonics degree of the colours (3DGS: 3)."""
-    head_init_scale: float = 0.1
-    """The heads' last-layer weights are scaled by this at init (outputs start near the initial values)."""
-
-
-@dataclass(frozen=True)
-class AudioEncoderParams:
-    """Audio window encoder (registry kind ``audio_encoder``)."""
-
-    name: str = "window_conv"
-    """Registered audio encoder."""
-    feature: str = "mel"
-    """Audio feature table read from the features stage (``audio_<feature>.parquet``)."""
-    hidden: int = 64
-    """Channels of the encoder."""
-
-
-@dataclass(frozen=True)
-class EyeParams:
-    """Eye-blink token (``condition/eye``)."""
-
-    num_freqs: int = 4
-    """Sinusoidal frequencies of the AU45 encoding."""
-    max_au: float = 5.0
-    """AU45 scale maximum (FACS 0-5)."""
-
-
-@dataclass(frozen=True)
-class ViewParams:
-    """Viewpoint token (``condition/view``)."""
-
-    hidden: int = 64
-    """Hidden width of the pose MLP."""
-
-
-@dataclass(frozen=True)
-class ConditionParams:
-    """Per-frame condition tokens the deformer attends to."""
-
-    tokens: tuple[str, ...] = ("audio", "eye", "view", "null")
-    """Tokens, in order: ``audio`` (the audio encoder) and registered ``condition`` components."""
-    dim: int = 64
-    """Token size D."""
-    eye: EyeParams = field(default_factory=EyeParams)
-    view: ViewParams = field(default_factory=ViewParams)
-
-
-@dataclass(frozen=True)
-class DeformerParams:
-    """Deformer (registry kind ``deformer``): per-Gaussian features + tokens → attribute offsets."""
-
-    name: str = "spatial_audio_attention"
-    """``spatial_audio_attention`` (GaussianTalker) or ``identity`` (static head)."""
-    dim: int = 64
-    """Attention width."""
-    layers: int = 2
-    """Cross-attention + FFN blocks L (paper: 2; GaussianTalker* lite: 1)."""
-    heads: int = 4
-    """Attention heads."""
-    ffn_dim: int = 128
-    """FFN hidden width."""
-    head_hidden: int = 64
-    """Hidden width of the offset heads psi_*."""
-    head_layers: int = 1
-    """Hidden layers of each offset head."""
-    attributes: tuple[str, ...] = ATTRIBUTES
-    """Attributes that get offsets (means, quats, log_scales, opacity_logits, sh)."""
-    offset_scales: dict[str, float] = field(
-        default_factory=lambda: {"means": 0.02, "quats": 0.1, "log_scales": 0.1, "opacity_logits": 0.5, "sh": 0.5}
-    )
-    """Factor on each offset head's output (``means``: x the scene extent, the initial cloud's
-    radius), so head outputs are O(1) in any scene units and Adam's per-step changes stay small
-    (GaussianTalker's code works in a normalised scene; talkgs' world is in metres)."""
-
-
-@dataclass(frozen=True)
-class ModelParams:
-    """The talking-head model of a variant."""
-
-    init: InitParams = field(default_factory=InitParams)
-    spatial: SpatialEncoderParams = field(default_factory=SpatialEncoderParams)
-    canonical: CanonicalParams = field(default_factory=CanonicalParams)
-    audio: AudioEncoderParams = field(default_factory=AudioEncoderParams)
-    conditions: ConditionParams = field(default_factory=ConditionParams)
-    deformer: DeformerParams = field(default_factory=DeformerParams)
-
     def __post_init__(self) -> None:
-        bad = set(self.deformer.attributes) - set(ATTRIBUTES)
-        if bad:
-            raise ValueError(f"deformer.attributes: unknown {sorted(bad)}; valid: {list(ATTRIBUTES)}")
-        if self.init.points > self.init.max_gaussians:
-            raise ValueError(f"init.points ({self.init.points}) > init.max_gaussians ({self.init.max_gaussians})")
+        if self.points > self.max_gaussians:
+            raise ValueError(f"init.points ({self.points}) > init.max_gaussians ({self.max_gaussians})")
+
+    def spec(self, **changes: object) -> PointCloudSpec:
+        """The :class:`PointCloudSpec` of this cloud (``changes``: e.g. other label classes)."""
+        base = dict(
+            points=self.points, reference_frames=self.reference_frames, head_depth_scale=self.head_depth_scale,
+            cutout_threshold=self.cutout_threshold, scale_neighbors=self.scale_neighbors,
+        )  # fmt: skip
+        base.update(changes)
+        return PointCloudSpec(**base)  # type: ignore[arg-type]
+
+    def with_budget(self, points: int | None, max_gaussians: int | None) -> InitParams:
+        """A preset's Gaussian budget (``points`` is capped at ``max_gaussians``)."""
+        import dataclasses
+
+        mg = self.max_gaussians if max_gaussians is None else max_gaussians
+        pts = self.points if points is None else points
+        return dataclasses.replace(self, points=min(pts, mg), max_gaussians=mg)

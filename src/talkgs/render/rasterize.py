@@ -47,6 +47,8 @@ class RenderOutput:
             culled (behind the near plane, off-screen, opacity < 1/255, degenerate).
         width, height: image size.
         backend: the backend that actually rendered (``"gsplat"``, ``"cpu"``, ``"reference"``).
+        extras: ``[H, W, E]`` the ``extras`` channels composited like colours (premultiplied,
+            no background), or None when none were given.
     """
 
     rgb: Tensor
@@ -57,6 +59,7 @@ class RenderOutput:
     width: int
     height: int
     backend: str
+    extras: Tensor | None = None
 
     @property
     def visible(self) -> Tensor:
@@ -92,6 +95,7 @@ def rasterize(
     eps2d: float = 0.3,
     near_plane: float = 0.01,
     far_plane: float = 1e10,
+    extras: Tensor | None = None,
 ) -> RenderOutput:
     """Render ``N`` 3D Gaussians for one camera.
 
@@ -109,6 +113,9 @@ def rasterize(
         backend: ``"auto"``, ``"gsplat"``, ``"cpu"`` or ``"reference"`` (see module doc).
         eps2d: screen-space dilation added to the 2D covariance diagonal (pixels^2).
         near_plane, far_plane: Gaussians with camera z outside ``[near, far]`` are culled.
+        extras: ``[N, E]`` more per-Gaussian channels to composite in the same pass (as gsplat's
+            ``colors [..., N, D]``), e.g. a region label or attention weights; returned as
+            ``RenderOutput.extras [H, W, E]`` (premultiplied, no background).
 
     Returns:
         :class:`RenderOutput` with ``rgb [H, W, 3]``, ``alpha [H, W, 1]``, ``depth [H, W, 1]``,
@@ -121,13 +128,28 @@ def rasterize(
     n = _check_inputs(means, quats, scales, opacities, colors, camera, background, sh_degree)
     name = _resolve_backend(backend, means.device)
     W, H = camera.width, camera.height
+    n_extra = 0
+    if extras is not None:
+        if extras.ndim != 2 or extras.shape[0] != n:
+            raise ValueError(f"rasterize: extras: expected [N={n}, E], found {list(extras.shape)}")
+        if extras.device != means.device or extras.dtype != means.dtype:
+            raise ValueError(f"rasterize: extras must be on {means.device} as {means.dtype}, found {extras.device} {extras.dtype}")
+        n_extra = int(extras.shape[1])
 
+    extra_out = None
     if name == "gsplat":
         if means.dtype != torch.float32:
             raise ValueError(f"rasterize: backend 'gsplat' renders float32 only, found {means.dtype}; use .float()")
-        color, alpha, depth, means2d, radii = _render_gsplat(
-            means, quats, scales, opacities, colors, camera, sh_degree, eps2d, near_plane, far_plane
-        )
+        if extras is not None:  # colours evaluated here (gsplat's SH convention), extras as more channels
+            rgb_in = colors if sh_degree is None else reference.sh_to_color(sh_degree, colors, means, camera.viewmat)
+            color, alpha, depth, means2d, radii = _render_gsplat(
+                means, quats, scales, opacities, torch.cat([rgb_in, extras], dim=-1), camera, None, eps2d, near_plane, far_plane
+            )
+            color, extra_out = color[..., :3], color[..., 3:]
+        else:
+            color, alpha, depth, means2d, radii = _render_gsplat(
+                means, quats, scales, opacities, colors, camera, sh_degree, eps2d, near_plane, far_plane
+            )
     else:
         if sh_degree is not None:
             rgb_in = reference.sh_to_color(sh_degree, colors, means, camera.viewmat)
@@ -137,16 +159,18 @@ def rasterize(
             means2d, conics, depths, radii = cpu.project(
                 means, quats, scales, opacities, camera.viewmat, camera.K, W, H, eps2d, near_plane, far_plane
             )
-            feats = torch.cat([rgb_in, depths[:, None]], dim=-1)
+            feats = torch.cat([rgb_in, depths[:, None]] if extras is None else [rgb_in, extras, depths[:, None]], dim=-1)
             out, alpha = cpu.rasterize_pixels(means2d, conics, feats, opacities, depths, radii, W, H)
         else:
             means2d, conics, depths, radii = reference.project_reference(
                 means, quats, scales, opacities, camera.viewmat, camera.K, W, H, eps2d, near_plane, far_plane
             )
-            feats = torch.cat([rgb_in, depths[:, None]], dim=-1)
+            feats = torch.cat([rgb_in, depths[:, None]] if extras is None else [rgb_in, extras, depths[:, None]], dim=-1)
             out, alpha = reference.composite_reference(means2d, conics, feats, opacities, depths, radii, W, H)
         color = out[..., :3]
-        depth = out[..., 3:4] / alpha.clamp(min=1e-10)  # gsplat "ED" normalisation
+        if n_extra:
+            extra_out = out[..., 3 : 3 + n_extra]
+        depth = out[..., 3 + n_extra : 4 + n_extra] / alpha.clamp(min=1e-10)  # gsplat "ED" normalisation
 
     if means2d.requires_grad:
         means2d.retain_grad()
@@ -156,7 +180,7 @@ def rasterize(
         rgb = color + (1.0 - alpha) * background
     assert rgb.shape == (H, W, 3) and alpha.shape == (H, W, 1) and depth.shape == (H, W, 1)
     assert radii.shape == (n, 2)
-    return RenderOutput(rgb=rgb, alpha=alpha, depth=depth, means2d=means2d, radii=radii, width=W, height=H, backend=name)
+    return RenderOutput(rgb=rgb, alpha=alpha, depth=depth, means2d=means2d, radii=radii, width=W, height=H, backend=name, extras=extra_out)
 
 
 def _render_gsplat(

@@ -9,11 +9,15 @@ Layout of ``checkpoint.pt`` (format :data:`FORMAT_VERSION`)::
     step            global steps done
     finished        bool: all phases done
     seed            int
-    model           state dict of TalkingHead (per-Gaussian tensors at their current N)
-    model_meta      {"n": N, "audio_window": W, "audio_dim": C, "sh_degree": d, "extent": r}
+    model           state dict of the TalkingModel (head + post modules; per-Gaussian tensors at
+                    their current N)
+    model_meta      {"sizes": {set: N}, "audio_window": W, "audio_dim": C, "expression_dim": E,
+                     "n_identities": I, "extent": r, "identities": [subject names]}
     optimizer       state dict of the current phase's optimizer (None between phases and once finished)
     phase           index of the phase the optimizer belongs to
-    densify         densification strategy state (statistics) or None
+    callbacks       states of the phase's callbacks (densification statistics, ...) or None
+    losses          state dicts of losses that own networks, and of their optimizers
+    init_from       {"path", "config_hash"} of the model training started from, or None
     generator       torch RNG state (densification samples)
     curves          list of curve rows (dicts) so far
     elapsed_s       training seconds so far
@@ -34,7 +38,7 @@ from talkgs.io.atomic import atomic_path
 
 __all__ = ["FORMAT_VERSION", "CheckpointError", "save_checkpoint", "load_checkpoint", "config_hash"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 KIND = "talkgs.train"
 
 

@@ -29,11 +29,16 @@ import torch
 from torch import Tensor
 
 from talkgs.models.conditioning.base import FrameCondition
+from talkgs.models.contract import Batch, FramePool, FrameView, IdentityStats, region_box
 from talkgs.render.camera import Camera
+from talkgs.train.samplers import frame_order
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SubjectData", "DataError", "FewShotUnavailable", "load_subject", "fewshot_frames", "check_fewshot", "audio_features_for_wav", "frame_order", "pingpong"]
+__all__ = [
+    "SubjectData", "DataError", "FewShotUnavailable", "load_subject", "fewshot_frames", "check_fewshot",
+    "audio_features_for_wav", "frame_order", "pingpong", "audio_sequence", "make_batch", "frame_pool",
+]  # fmt: skip
 
 
 class DataError(FileNotFoundError):
@@ -91,6 +96,8 @@ class SubjectData:
         audio_path: the subject's wav (for muxing test renders), or None.
         source_size: extracted resolution (before any resize).
         audio_feature: name of the audio feature (``mel``, ``hubert``, ...).
+        expression: ``float32 [T, E]`` upper-face expression signals (``frames.parquet``), or
+            ``[T, 0]`` when not loaded.
     """
 
     name: str
@@ -111,6 +118,7 @@ class SubjectData:
     source_size: int = 0
     audio_feature: str = "mel"
     info: dict[str, Any] = field(default_factory=dict)
+    expression: Tensor | None = None
 
     def __post_init__(self) -> None:
         t, h, w = self.images.shape[:3]
@@ -133,6 +141,10 @@ class SubjectData:
             raise ValueError(f"SubjectData {self.name}: audio must be [T={t}, W, C], found {list(self.audio.shape)}")
         if len(self.train_idx) == 0:
             raise ValueError(f"SubjectData {self.name}: empty training split")
+        if self.expression is None:
+            self.expression = torch.zeros(t, 0)
+        elif self.expression.ndim != 2 or self.expression.shape[0] != t:
+            raise ValueError(f"SubjectData {self.name}: expression must be [T={t}, E], found {list(self.expression.shape)}")
         if not self.source_size:
             self.source_size = w
 
@@ -170,25 +182,87 @@ class SubjectData:
         vm = self.viewmats[i] if viewmat is None else viewmat
         return Camera(vm.to(device=device, dtype=torch.float32), self.K.to(device=device, dtype=torch.float32), self.width, self.height)
 
-    def condition(self, i: int, device: torch.device | str = "cpu", audio: Tensor | None = None) -> FrameCondition:
-        """Frame ``i``'s conditions (``audio`` replaces its audio window: cross-driving)."""
-        a = self.audio[i] if audio is None else audio
+    @property
+    def expression_dim(self) -> int:
+        assert self.expression is not None
+        return int(self.expression.shape[1])
+
+    def condition(
+        self,
+        i: int,
+        device: torch.device | str = "cpu",
+        audio: Tensor | None = None,
+        *,
+        audio_frames: int = 1,
+        audio_source: Tensor | None = None,
+        audio_index: int | None = None,
+    ) -> FrameCondition:
+        """Frame ``i``'s conditions.
+
+        Args:
+            audio: replaces the frame's audio window (cross-driving; with ``audio_frames > 1``
+                give ``audio_source`` + ``audio_index`` instead).
+            audio_frames: consecutive windows in ``audio_seq`` (1: none).
+            audio_source, audio_index: the ``[T', W, C]`` window sequence and the position in it
+                that drive this frame (default: the subject's own audio at ``i``).
+        """
+        src = self.audio if audio_source is None else audio_source
+        j = i if audio_index is None else audio_index
+        a = (src[j] if audio is None else audio).to(device=device, dtype=torch.float32)
+        assert self.expression is not None
         return FrameCondition(
-            audio=a.to(device=device, dtype=torch.float32),
+            audio=a,
             au45=self.au45[i].to(device=device, dtype=torch.float32),
             viewmat=self.viewmats[i].to(device=device, dtype=torch.float32),
+            expression=self.expression[i].to(device=device, dtype=torch.float32),
+            audio_seq=None if audio_frames <= 1 else audio_sequence(src, j, audio_frames).to(device=device, dtype=torch.float32),
         )
+
+    def view(
+        self,
+        i: int,
+        device: torch.device | str = "cpu",
+        *,
+        background: str = "torso",
+        identity: int = 0,
+        audio_frames: int = 1,
+        audio_source: Tensor | None = None,
+        audio_index: int | None = None,
+        viewmat: Tensor | None = None,
+    ) -> FrameView:
+        """Frame ``i`` as a :class:`FrameView` (its camera, background and conditions; the audio
+        from ``audio_source[audio_index]`` when given: cross-driving)."""
+        cond = self.condition(i, device, audio_frames=audio_frames, audio_source=audio_source, audio_index=audio_index)
+        if viewmat is not None:
+            cond.viewmat = viewmat.to(device=device, dtype=torch.float32)
+        return FrameView(self.camera(i, device, viewmat=viewmat), self.background(i, device, background), cond, identity)
 
     def region_box(self, i: int, region: str, margin: float, min_size: int) -> tuple[int, int, int, int]:
         """``(y0, y1, x0, x1)`` crop of ``lip`` / ``face`` / ``mouth`` around frame ``i``'s landmarks."""
-        from talkgs.preprocess import facemesh as fm
-        from talkgs.train.losses import region_box
+        from talkgs.models.contract import REGION_LANDMARKS
 
-        groups = {"lip": fm.LIPS_OUTER, "mouth": fm.LIPS_OUTER, "face": fm.FACE_OVAL}
-        if region not in groups:
-            raise ValueError(f"unknown region {region!r}; known: {sorted(groups)}")
-        pts = self.landmarks[i, list(groups[region])].numpy()
+        if region not in REGION_LANDMARKS:
+            raise ValueError(f"unknown region {region!r}; known: {sorted(REGION_LANDMARKS)}")
+        pts = self.landmarks[i, list(REGION_LANDMARKS[region])].numpy()
         return region_box(pts, margin, min_size, self.width, self.height)
+
+    def signals(self) -> dict[str, np.ndarray]:
+        """Per-frame signals samplers can use: ``blink`` (AU45 0-5), ``mouth_open`` (inner-lip
+        gap / mouth width), and each expression signal by name when known."""
+        out = {"blink": self.au45.numpy().astype(np.float64)}
+        mo = self.info.get("mouth_open")
+        if mo is not None:
+            out["mouth_open"] = np.asarray(mo, np.float64)
+        assert self.expression is not None
+        for k, name in enumerate(self.info.get("expression_names", [])[: self.expression_dim]):
+            out[str(name)] = self.expression[:, k].numpy().astype(np.float64)
+        return out
+
+    def stats(self) -> IdentityStats:
+        """Training statistics (poses, audio windows, expression of the training frames)."""
+        assert self.expression is not None
+        idx = self.train_idx
+        return IdentityStats(viewmats=self.viewmats[idx], audio=self.audio[idx], expression=self.expression[idx])
 
     @property
     def train_seconds(self) -> float:
@@ -233,14 +307,46 @@ class SubjectData:
 
 
 # ----------------------------------------------------------------------------------------------
-# frame order (a pure function of seed and step: resuming needs no RNG state)
+# batches
 
 
-def frame_order(n: int, seed: int, step: int) -> int:
-    """Position in ``range(n)`` of the training frame used at ``step``: a fresh permutation per epoch."""
-    epoch, k = divmod(step, n)
-    g = torch.Generator().manual_seed((seed * 1_000_003 + epoch * 7919 + 17) % (2**63))
-    return int(torch.randperm(n, generator=g)[k])
+def audio_sequence(audio: Tensor, i: int, frames: int) -> Tensor:
+    """``[frames, W, C]``: windows ``i - frames//2 .. i + frames - frames//2 - 1`` of ``audio
+    [T, W, C]``, zeros outside ``0 .. T-1`` (ER-NeRF / TalkingGaussian's ``get_audio_features``)."""
+    t = audio.shape[0]
+    lo = i - frames // 2
+    out = torch.zeros((frames, *audio.shape[1:]), dtype=audio.dtype)
+    a, b = max(lo, 0), min(lo + frames, t)
+    if b > a:
+        out[a - lo : b - lo] = audio[a:b]
+    return out
+
+
+def frame_pool(datasets: list[SubjectData]) -> FramePool:
+    """The training frames (and per-frame signals) of every identity, for samplers."""
+    return FramePool(frames=[d.train_idx.numpy() for d in datasets], signals=[d.signals() for d in datasets])
+
+
+def make_batch(
+    datasets: list[SubjectData],
+    picks: list[tuple[int, int]],
+    device: torch.device | str,
+    *,
+    background: str = "torso",
+    audio_frames: int = 1,
+    targets: bool = True,
+    step: int = 0,
+    local_step: int = 0,
+) -> Batch:
+    """A training :class:`Batch` of ``picks`` (``(identity, frame)`` pairs) at ``step``."""
+    views = [datasets[ident].view(i, device, background=background, identity=ident, audio_frames=audio_frames) for ident, i in picks]
+    tg = lab = None
+    if targets:
+        tg = torch.stack([datasets[ident].image(i, device) for ident, i in picks])
+        if all(datasets[ident].labels is not None for ident, _ in picks):
+            lab = torch.stack([datasets[ident].labels[i] for ident, i in picks]).to(device)  # type: ignore[index]
+    lms = torch.stack([datasets[ident].landmarks[i] for ident, i in picks])
+    return Batch(views=views, frames=list(picks), targets=tg, labels=lab, landmarks=lms, step=step, local_step=local_step)
 
 
 def pingpong(k: int, n: int) -> int:
@@ -368,8 +474,12 @@ def load_subject(
         audio_path=ex / str(meta["output"]["audio"]),
         source_size=size,
         audio_feature=audio_feature,
-        info={"subject_dir": str(subject_dir), "audio_params": audio.meta.get("params", {}), "mouth_open": frames.mouth_open.tolist()},
-    )
+        info={
+            "subject_dir": str(subject_dir), "audio_params": audio.meta.get("params", {}), "mouth_open": frames.mouth_open.tolist(),
+            "expression_names": list(frames.meta.get("expression_names", [])),
+        },
+        expression=torch.from_numpy(np.array(frames.expression, np.float32)),
+    )  # fmt: skip
     if resolution is not None and resolution != size:
         data = data.resized(resolution)
     return data

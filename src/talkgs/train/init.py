@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from talkgs.models.params import InitParams
+from talkgs.models.contract import PointCloudSpec
 from talkgs.train.data import SubjectData
 
 log = logging.getLogger(__name__)
@@ -57,12 +57,11 @@ def _ray_ellipsoid(o: np.ndarray, d: np.ndarray, c: np.ndarray, r: np.ndarray) -
     return np.where(disc > 0, t_hit, t_closest)
 
 
-def initial_point_cloud(data: SubjectData, p: InitParams, seed: int) -> tuple[Tensor, Tensor, Tensor]:
-    """``means [N, 3]``, ``rgb [N, 3]`` (0-1) and ``log_scales [N, 3]`` of the initial Gaussians."""
+def initial_point_cloud(data: SubjectData, p: PointCloudSpec, seed: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``means [N, 3]``, ``rgb [N, 3]`` (0-1) and ``log_scales [N, 3]`` of the initial Gaussians
+    of a set (:class:`~talkgs.models.contract.PointCloudSpec`: which label classes, how many points)."""
     from scipy.interpolate import LinearNDInterpolator
     from scipy.spatial import cKDTree
-
-    from talkgs.preprocess.segment import HEAD_CLASSES
 
     rng = np.random.default_rng(seed)
     canon = data.canonical_landmarks.numpy().astype(np.float64)
@@ -71,7 +70,11 @@ def initial_point_cloud(data: SubjectData, p: InitParams, seed: int) -> tuple[Te
     Kinv = np.linalg.inv(K)
     train = data.train_idx.numpy()
     nref = max(1, min(p.reference_frames, len(train)))
-    refs = train[np.linspace(0, len(train) - 1, nref).round().astype(int)]
+    if p.select == "mouth_open" and data.info.get("mouth_open") is not None:
+        mo = np.asarray(data.info["mouth_open"], np.float64)[train]
+        refs = np.sort(train[np.argsort(-mo, kind="stable")[:nref]])
+    else:
+        refs = train[np.linspace(0, len(train) - 1, nref).round().astype(int)]
     pts, cols = [], []
     per_frame = max(200, int(math.ceil(3 * p.points / nref)))
     for f in refs:
@@ -79,11 +82,12 @@ def initial_point_cloud(data: SubjectData, p: InitParams, seed: int) -> tuple[Te
         R, t = vm[:3, :3], vm[:3, 3]
         img = data.images[f].numpy()
         if data.labels is not None:
-            mask = np.isin(data.labels[f].numpy(), HEAD_CLASSES)
-            # plus whatever the torso frame lacks (the head is cut out of it with a margin): the
-            # Gaussians must cover every pixel the background image does not show
-            diff = np.abs(img.astype(np.int16) - data.backgrounds[f].numpy().astype(np.int16)).mean(-1)
-            mask |= diff > p.cutout_threshold
+            mask = np.isin(data.labels[f].numpy(), p.classes)
+            if p.cutout:
+                # plus whatever the torso frame lacks (the head is cut out of it with a margin): the
+                # Gaussians must cover every pixel the background image does not show
+                diff = np.abs(img.astype(np.int16) - data.backgrounds[f].numpy().astype(np.int16)).mean(-1)
+                mask |= diff > p.cutout_threshold
         else:  # no labels: pixels inside the projected head ellipsoid's box
             mask = np.zeros(img.shape[:2], bool)
             lm = data.landmarks[f].numpy()
@@ -106,18 +110,28 @@ def initial_point_cloud(data: SubjectData, p: InitParams, seed: int) -> tuple[Te
         d_w = rays_cam @ R  # R^T applied to each row
         t_e = _ray_ellipsoid(o_w, d_w, centre, radii)
         z = np.where(np.isfinite(z), z, t_e)  # rays have z_cam = 1, so t == camera depth
+        if p.depth_offset:
+            z = z + p.depth_offset * float(radii.max())
         x_cam = rays_cam * z[:, None]
         x_w = (x_cam - t) @ R  # R^T (x - t)
         pts.append(x_w)
         cols.append(img[ys, xs].astype(np.float64) / 255.0)
-    # the landmarks themselves, coloured from the first reference frame
-    f0 = refs[0]
-    vm = data.viewmats[f0].numpy().astype(np.float64)
-    lm_cam = canon @ vm[:3, :3].T + vm[:3, 3]
-    lm_uv = lm_cam[:, :2] / lm_cam[:, 2:3] * np.array([K[0, 0], K[1, 1]]) + K[:2, 2]
-    ij = np.clip(np.floor(lm_uv).astype(int), 0, [data.width - 1, data.height - 1])
-    pts.append(canon)
-    cols.append(data.images[f0].numpy()[ij[:, 1], ij[:, 0]].astype(np.float64) / 255.0)
+    if p.landmarks:  # the landmarks themselves, coloured from the first reference frame
+        f0 = refs[0]
+        vm = data.viewmats[f0].numpy().astype(np.float64)
+        sub = canon if p.landmark_subset is None else canon[list(p.landmark_subset)]
+        if p.depth_offset:
+            sub = sub + np.array([0.0, 0.0, p.depth_offset * float(radii.max())])
+        lm_cam = sub @ vm[:3, :3].T + vm[:3, 3]
+        lm_uv = lm_cam[:, :2] / lm_cam[:, 2:3] * np.array([K[0, 0], K[1, 1]]) + K[:2, 2]
+        ij = np.clip(np.floor(lm_uv).astype(int), 0, [data.width - 1, data.height - 1])
+        pts.append(sub)
+        cols.append(data.images[f0].numpy()[ij[:, 1], ij[:, 0]].astype(np.float64) / 255.0)
+    if not pts:
+        raise ValueError(
+            f"{data.name}: no pixels of label classes {list(p.classes)} in the reference frames and no landmarks: "
+            "cannot initialise this Gaussian set (check the segment stage's labels)"
+        )
     P = np.concatenate(pts)
     C = np.concatenate(cols)
     # voxel thinning: one point per cell of ~1/200 of the head size, then subsample

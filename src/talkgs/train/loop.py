@@ -1,13 +1,20 @@
 """THE training loop: every variant trains here, as configuration plus registered components.
 
-:func:`train` runs the variant's phases (e.g. canonical → deformation) on one global step
-counter. Each step draws one training frame (a fixed permutation per epoch, a pure function of
-the seed and step), builds the frame's Gaussians (canonical attributes + the deformer's offsets
-when the phase deforms), splats them onto the frame's torso image, and optimises the phase's
-weighted losses over the parameter groups the phase gives a learning rate. Densification runs
-where the phase enables it.
+:func:`train` builds the variant's model (its head, :class:`talkgs.models.contract.Head`, and
+post-render modules) and runs its phases on one global step counter. Each step:
 
-Outputs in ``out_dir`` (``models/<S>/<V>/``)::
+1. the phase's **sampler** picks ``frames_per_step`` training frames (of one subject, or of
+   several for cross-subject pretraining), a pure function of the seed and the step;
+2. the **head renders** the batch with the phase's head options (unless the phase does not
+   render), then the phase's **post-render modules** run;
+3. the phase's weighted **losses** (the head's own, registered ones, and losses that own a
+   network) are summed and backpropagated into the parameter groups the phase gives a
+   learning rate (``freeze`` keeps groups frozen in every phase);
+4. **callbacks** run between backward and the optimizer step (densification of each Gaussian
+   set, the head's own callbacks, configured ones);
+5. losses that own networks train them (:meth:`talkgs.models.contract.Loss.update`).
+
+Outputs in ``out_dir`` (``models/<S>/<V>/``, or ``models/pretrain/<V>/``)::
 
     checkpoint.pt   versioned dict (talkgs.train.checkpoint), rewritten atomically every
                     ``checkpoint_every`` steps, at phase ends and at the end (finished = True)
@@ -16,7 +23,7 @@ Outputs in ``out_dir`` (``models/<S>/<V>/``)::
 
 Resuming: a run killed at any step restarts from the last checkpoint and finishes with the same
 result as an uninterrupted run with the same seed (everything random is derived from the seed
-and step, or saved: model, optimizer moments, densification statistics, RNG state).
+and step, or saved: model, optimizer moments, callback and loss-network states, RNG state).
 """
 
 from __future__ import annotations
@@ -26,98 +33,107 @@ import io
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from talkgs.config import dump_yaml, to_dict
+from talkgs.configlib import dump_yaml, to_dict
 from talkgs.io.atomic import write_text
-from talkgs.models.head import PARAM_GROUPS, TalkingHead
-from talkgs.render import rasterize
+from talkgs.models.contract import Batch, BuildContext, Callback, Loss, LossContext, Outputs, PointCloudSpec, RenderSettings
+from talkgs.models.model import TalkingModel
+from talkgs.models.registry import build
 from talkgs.train.checkpoint import config_hash, load_checkpoint, save_checkpoint
-from talkgs.train.data import SubjectData, frame_order, load_subject
-from talkgs.train.density import ModelDensifier
-from talkgs.train.init import initial_point_cloud, scene_extent
-from talkgs.train.losses import LossContext, build_losses
-from talkgs.train.params import PhaseParams, VariantParams
+from talkgs.train.data import SubjectData, frame_pool, load_subject, make_batch
+from talkgs.train.density import Densify
+from talkgs.train.init import initial_point_cloud
+from talkgs.train.params import PhaseParams, VariantParams, variant_from_dict
 from talkgs.train.schedule import locate, lr_at, phase_starts
 
 log = logging.getLogger(__name__)
 
-__all__ = ["train", "build_model", "render_frame", "render_eps2d", "load_model", "REGIONS"]
-
-REGIONS = ("lip", "face")
-"""Region crops computed for every frame (region losses pick theirs by name)."""
+__all__ = ["train", "build_model", "load_model", "render_frame", "render_eps2d", "render_settings"]
 
 
 # ----------------------------------------------------------------------------------------------
 # model construction / rendering (shared with synthesis)
 
 
-def build_model(variant: VariantParams, data: SubjectData, seed: int) -> tuple[TalkingHead, float]:
-    """A freshly initialised model for ``data`` and the scene extent (deterministic in ``seed``)."""
+def build_model(variant: VariantParams, datasets: SubjectData | Sequence[SubjectData], seed: int) -> TalkingModel:
+    """A freshly initialised model for one subject, or for several (one identity each);
+    deterministic in ``seed``."""
+    datasets = [datasets] if isinstance(datasets, SubjectData) else list(datasets)
+    d0 = datasets[0]
+    for d in datasets[1:]:
+        if (d.audio_window, d.audio_dim) != (d0.audio_window, d0.audio_dim) or d.expression_dim != d0.expression_dim:
+            raise ValueError(
+                f"subjects {d0.name} and {d.name} have different audio features ({[d0.audio_window, d0.audio_dim]} vs "
+                f"{[d.audio_window, d.audio_dim]}) or expression signals; rebuild their features with the same params"
+            )
+
+    def point_cloud(identity: int, spec: PointCloudSpec) -> tuple[Tensor, Tensor, Tensor]:
+        with torch.random.fork_rng(devices=[]):  # the cloud never perturbs the networks' initialisation
+            return initial_point_cloud(datasets[identity], spec, seed)
+
+    ctx = BuildContext(
+        audio_window=d0.audio_window, audio_dim=d0.audio_dim, expression_dim=d0.expression_dim, n_identities=len(datasets),
+        point_cloud=point_cloud, stats=[d.stats() for d in datasets],
+    )  # fmt: skip
     torch.manual_seed(seed)
-    means, rgb, log_scales = initial_point_cloud(data, variant.model.init, seed)
-    torch.manual_seed(seed)
-    model = TalkingHead(
-        variant.model, means=means, rgb=rgb, log_scales=log_scales, audio_window=data.audio_window, audio_dim=data.audio_dim
-    )
-    model.fit_conditions(data.viewmats[data.train_idx], data.audio[data.train_idx])
-    return model, scene_extent(means)
+    head = build("head", variant.model, ctx=ctx)
+    post = [build("post", p) for p in variant.post]
+    return TalkingModel(head, post)
 
 
-def load_model(checkpoint: str | Path | dict[str, Any], device: str | torch.device = "cpu") -> tuple[TalkingHead, VariantParams, dict[str, Any]]:
+def _model_meta(model: TalkingModel, datasets: Sequence[SubjectData]) -> dict[str, Any]:
+    h = model.head
+    return {
+        "sizes": h.sizes(), "audio_window": h.audio_window, "audio_dim": h.audio_dim, "expression_dim": h.expression_dim,
+        "n_identities": h.n_identities, "extent": float(getattr(h, "scene_extent", 1.0)), "identities": [d.name for d in datasets],
+    }  # fmt: skip
+
+
+def load_model(checkpoint: str | Path | dict[str, Any], device: str | torch.device = "cpu") -> tuple[TalkingModel, VariantParams, dict[str, Any]]:
     """Rebuild the trained model from a checkpoint (no data needed). Returns (model, variant, checkpoint)."""
-    from talkgs.train.params import variant_from_dict
-
     ck = load_checkpoint(checkpoint) if not isinstance(checkpoint, dict) else checkpoint
     variant = variant_from_dict(ck["variant"], "checkpoint.variant")
     meta = ck["model_meta"]
-    n = int(meta["n"])
-    model = TalkingHead(
-        variant.model,
-        means=torch.zeros(n, 3).uniform_(-1, 1),
-        audio_window=int(meta["audio_window"]),
-        audio_dim=int(meta["audio_dim"]),
-    )
+    ctx = BuildContext(
+        audio_window=int(meta["audio_window"]), audio_dim=int(meta["audio_dim"]), expression_dim=int(meta["expression_dim"]),
+        n_identities=int(meta["n_identities"]), sizes={k: int(v) for k, v in meta["sizes"].items()},
+    )  # fmt: skip
+    head = build("head", variant.model, ctx=ctx)
+    model = TalkingModel(head, [build("post", p) for p in variant.post])
     model.load_state_dict(ck["model"])
     model.to(device).eval()
     return model, variant, ck
 
 
+def render_settings(variant: VariantParams, eps2d: float | None = None) -> RenderSettings:
+    return RenderSettings(backend=variant.render.backend, eps2d=variant.render.eps2d if eps2d is None else eps2d)
+
+
 def render_frame(
-    model: TalkingHead,
+    model: TalkingModel,
     data: SubjectData,
     i: int,
+    settings: RenderSettings,
     *,
-    deform: bool = True,
     background: str = "torso",
-    backend: str = "auto",
     device: str | torch.device = "cpu",
-    audio: Tensor | None = None,
-    viewmat: Tensor | None = None,
-    eps2d: float = 0.3,
-    canonical: Any = None,
-) -> tuple[Any, Any]:
-    """Render frame ``i`` (its pose, blink, audio window — or ``audio`` instead) onto its
-    background. ``eps2d``: screen-space dilation (see :func:`render_eps2d`); ``canonical``:
-    precomputed canonical attributes (inference). Returns ``(RenderOutput, GaussianAttributes)``."""
-    cond = data.condition(i, device, audio=audio)
-    if viewmat is not None:
-        cond.viewmat = viewmat.to(device=device, dtype=torch.float32)
-    attrs = model(cond, deform=deform, canonical=canonical)
-    out = rasterize(
-        **attrs.activated(),
-        camera=data.camera(i, device, viewmat=viewmat),
-        background=data.background(i, device, background),
-        sh_degree=model.sh_degree,
-        backend=backend,  # type: ignore[arg-type]
-        eps2d=eps2d,
-    )
-    return out, attrs
+    audio_source: Tensor | None = None,
+    audio_index: int | None = None,
+    identity: int = 0,
+) -> Outputs:
+    """Render frame ``i`` of ``data`` (its pose, blink, expression, torso frame) for inference;
+    the audio from ``audio_source[audio_index]`` when given (cross-driving), else frame ``i``'s."""
+    view = data.view(
+        i, device, background=background, identity=identity, audio_frames=model.head.config.audio_frames(),
+        audio_source=audio_source, audio_index=audio_index,
+    )  # fmt: skip
+    return model.render(Batch(views=[view], frames=[(identity, i)]), None, settings)
 
 
 def render_eps2d(variant: VariantParams, train_size: int, size: int) -> float:
@@ -130,36 +146,42 @@ def render_eps2d(variant: VariantParams, train_size: int, size: int) -> float:
 # optimizer
 
 
-def _make_optimizer(model: TalkingHead, phase: PhaseParams) -> torch.optim.Adam:
+def _make_optimizer(model: TalkingModel, phase: PhaseParams, frozen: set[str]) -> torch.optim.Adam | None:
     """Adam over the groups the phase trains (each per-Gaussian tensor in its own param-group,
     as densification needs); every other parameter is frozen (``requires_grad = False``)."""
     groups = model.param_groups()
-    per_gaussian = model.per_gaussian_keys()
+    per_gaussian: dict[int, str] = {}
+    for set_name, gset in model.head.gaussian_sets().items():
+        for key in sorted(gset.params.keys()):
+            per_gaussian[id(gset.params[key])] = key if set_name == "head" else f"{set_name}.{key}"
     for p in model.parameters():
         p.requires_grad_(False)
     param_groups: list[dict[str, Any]] = []
     for g, lr in phase.lr.items():
+        if g in frozen:
+            continue
         ps = groups.get(g, [])
         if not ps:
             continue
-        if g in ("means", "gaussians"):
-            for key in sorted(per_gaussian):
-                p = model.gaussians[key]
-                if any(p is q for q in ps):
-                    p.requires_grad_(True)
-                    param_groups.append({"params": [p], "lr": lr.start, "name": key, "group": g})
-        else:
-            for p in ps:
+        pg = sorted((p for p in ps if id(p) in per_gaussian), key=lambda p: per_gaussian[id(p)])
+        rest = [p for p in ps if id(p) not in per_gaussian]
+        for p in pg:
+            p.requires_grad_(True)
+            param_groups.append({"params": [p], "lr": lr.start, "name": per_gaussian[id(p)], "group": g})
+        if rest:
+            for p in rest:
                 p.requires_grad_(True)
-            param_groups.append({"params": ps, "lr": lr.start, "name": g, "group": g})
+            param_groups.append({"params": rest, "lr": lr.start, "name": g, "group": g})
     if not param_groups:
-        raise ValueError(f"phase {phase.name!r} trains nothing: give at least one parameter group a learning rate")
+        return None
     fused = all(p.device.type in ("cpu", "cuda") and p.dtype == torch.float32 for g in param_groups for p in g["params"])
     return torch.optim.Adam(param_groups, lr=0.0, eps=1e-15, fused=fused or None)
 
 
-def _set_lrs(opt: torch.optim.Optimizer, phase: PhaseParams, local: int, extent: float) -> dict[str, float]:
-    out = {}
+def _set_lrs(opt: torch.optim.Optimizer | None, phase: PhaseParams, local: int, extent: float) -> dict[str, float]:
+    out: dict[str, float] = {}
+    if opt is None:
+        return out
     for group in opt.param_groups:
         lr = lr_at(phase.lr[group["group"]], local, phase.iterations, extent)
         group["lr"] = lr
@@ -227,8 +249,40 @@ def _fingerprint(data: SubjectData) -> dict[str, Any]:
     }
 
 
+class _Losses:
+    """The losses of a run: registered loss modules by the name phases weight them with, plus
+    the head's own; losses that own networks get an optimizer each."""
+
+    def __init__(self, variant: VariantParams, names: list[str], device: torch.device, seed: int) -> None:
+        self.modules: dict[str, Loss] = {}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        for k, n in enumerate(names):
+            cfg = variant.loss_config(n)
+            if cfg is None:
+                continue  # the head's own
+            with torch.random.fork_rng(devices=[]):  # a loss's own network starts the same in every run of the seed
+                torch.manual_seed(seed * 7 + 1000 + k)
+                m = build("loss", cfg).to(device)
+            self.modules[n] = m
+            if m.owns_parameters:
+                self.optimizers[n] = torch.optim.Adam(m.parameters(), lr=cfg.learning_rate)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {n: {"module": self.modules[n].state_dict(), "optimizer": o.state_dict()} for n, o in self.optimizers.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for n, s in state.items():
+            self.modules[n].load_state_dict(s["module"])
+            self.optimizers[n].load_state_dict(s["optimizer"])
+
+    def freeze(self) -> None:
+        for n in self.optimizers:
+            for p in self.modules[n].parameters():
+                p.requires_grad_(False)
+
+
 def train(
-    subject: str | Path | SubjectData,
+    subject: str | Path | SubjectData | Sequence[str | Path | SubjectData],
     out_dir: str | Path,
     variant: VariantParams,
     *,
@@ -239,23 +293,29 @@ def train(
     until_step: int | None = None,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     train_seconds: float | None = None,
+    init_from: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Train ``variant`` on a subject; write ``checkpoint.pt``, ``config.yaml``, ``curves.csv``.
+    """Train ``variant`` on a subject (or on several: cross-subject pretraining, one identity
+    each); write ``checkpoint.pt``, ``config.yaml``, ``curves.csv``.
 
     Args:
-        subject: the subject folder ``data/<S>`` or an in-memory :class:`SubjectData`.
+        subject: the subject folder ``data/<S>`` or an in-memory :class:`SubjectData`; a list
+            of them trains one multi-identity model.
         out_dir: output folder (``models/<S>/<V>``).
         variant: the resolved variant (preset already applied).
         resume: continue from ``out_dir/checkpoint.pt`` when it was written by the same
-            config, seed and data (a finished one returns at once); otherwise start over.
+            config, seed, data and initial model (a finished one returns at once); otherwise
+            start over.
         progress: show a progress bar (phase, loss, Gaussians, it/s).
         seed: random seed.
-        device: torch device (data stays on the CPU; one frame is moved per step).
+        device: torch device (data stays on the CPU; each step's frames are moved).
         until_step: stop after this many global steps (checkpoint written, ``finished`` False):
             time-boxed runs and the resume test.
         on_step: callback ``(step, losses)`` after every step (tests, monitoring).
         train_seconds: few-shot protocol: train on the first ``train_seconds`` of the clip only
             (:meth:`SubjectData.first_seconds`; same iterations, same test split).
+        init_from: a checkpoint (e.g. the ``pretrain@<V>`` model) whose shared parameters the
+            model starts from (:meth:`talkgs.models.contract.Head.transfer`).
 
     Returns:
         Summary: steps, finished, gaussians, elapsed_s, it_s (mean), final losses, paths.
@@ -269,38 +329,62 @@ def train(
     device = torch.device(device)
     # losses first: a missing LPIPS backbone stops the run before any work
     loss_names = sorted({n for ph in variant.phases for n, w in ph.losses.items() if w > 0})
-    lr_groups = [g for g in PARAM_GROUPS if any(g in ph.lr for ph in variant.phases)]
-    losses = build_losses(set(loss_names), variant.losses)
+    losses = _Losses(variant, loss_names, device, seed)
     zero = sorted({n for ph in variant.phases for n, w in ph.losses.items() if w == 0})
     if zero:
         log.info("losses with weight 0 in every phase (not computed): %s", ", ".join(zero))
 
-    if isinstance(subject, SubjectData):
-        data = subject
-    else:
-        data = load_subject(subject, resolution=variant.render.resolution, audio_feature=variant.model.audio.feature)
-    if variant.render.resolution is not None and data.width != variant.render.resolution:
-        data = data.resized(variant.render.resolution)
-    if train_seconds is not None:
-        data = data.first_seconds(train_seconds)
+    subjects = list(subject) if isinstance(subject, (list, tuple)) else [subject]
+    datasets: list[SubjectData] = []
+    for s in subjects:
+        d = s if isinstance(s, SubjectData) else load_subject(s, resolution=variant.render.resolution, audio_feature=variant.audio_feature)
+        if variant.render.resolution is not None and d.width != variant.render.resolution:
+            d = d.resized(variant.render.resolution)
+        if train_seconds is not None:
+            d = d.first_seconds(train_seconds)
+        datasets.append(d)
+    if not datasets:
+        raise ValueError("train: no subjects")
+
+    init_ck = None
+    if init_from is not None:
+        init_ck = load_checkpoint(init_from, map_location="cpu")
+        if not init_ck.get("finished"):
+            raise ValueError(f"{init_from}: the model to start from has not finished training ({init_ck['step']} steps); finish it first")
 
     cfg = to_dict(variant)
-    fp = _fingerprint(data)
+    fps = [_fingerprint(d) for d in datasets]
+    fp: dict[str, Any] = fps[0] if len(fps) == 1 else {"subjects": fps}
     if train_seconds is not None:
         fp["train_seconds"] = float(train_seconds)
-    chash = config_hash({"variant": cfg, "seed": seed, "data": fp})
+    hashed: dict[str, Any] = {"variant": cfg, "seed": seed, "data": fp}
+    if init_ck is not None:
+        hashed["init_from"] = init_ck["config_hash"]
+    chash = config_hash(hashed)
     ckpt_path = out_dir / "checkpoint.pt"
     total = variant.total_iterations
     stop = total if until_step is None else min(total, int(until_step))
 
-    model, extent = build_model(variant, data, seed)
+    model = build_model(variant, datasets, seed)
+    head = model.head
+    extent = float(getattr(head, "scene_extent", 1.0))
+    if init_ck is not None:
+        loaded, skipped = head.transfer({k[len("head."):]: v for k, v in init_ck["model"].items() if k.startswith("head.")})
+        post_state = {k: v for k, v in init_ck["model"].items() if k.startswith("post.")}
+        if post_state:
+            own = model.state_dict()
+            own.update({k: v for k, v in post_state.items() if k in own and own[k].shape == v.shape})
+            model.load_state_dict(own)
+        log.info("starting from %s: %d tensors loaded, %d identity-specific or mismatched ones kept", init_from, len(loaded), len(skipped))
     model.to(device)
     gen = torch.Generator().manual_seed(seed + 1)
     step, curves, elapsed = 0, [], 0.0
     opt: torch.optim.Adam | None = None
-    opt_phase = -1
-    densifier: ModelDensifier | None = None
-    pending_opt_state = pending_densify = None
+    opt_phase = -1  # the phase whose optimizer state is saved / to be restored
+    built = -1  # the phase whose optimizer and callbacks are built
+    callbacks: list[Callback] = []
+    pending_opt_state = pending_callbacks = None
+    frozen = set(variant.freeze)
 
     if resume and ckpt_path.is_file():
         ck = load_checkpoint(ckpt_path, map_location="cpu")
@@ -311,12 +395,21 @@ def train(
             model.to(device)
             step, curves, elapsed = int(ck["step"]), list(ck["curves"]), float(ck["elapsed_s"])
             gen.set_state(ck["generator"])
-            if ck.get("optimizer") is not None and step < total and locate(variant.phases, step)[0] == ck["phase"]:
+            if ck.get("losses"):
+                losses.load_state_dict(ck["losses"])
+            if step < total and locate(variant.phases, step)[0] == ck["phase"]:
                 opt_phase = int(ck["phase"])
-                pending_opt_state, pending_densify = ck["optimizer"], ck.get("densify")
+                pending_opt_state, pending_callbacks = ck.get("optimizer"), ck.get("callbacks")
             log.info("resuming %s at step %d/%d", ckpt_path, step, total)
 
     starts = phase_starts(variant.phases)
+    pool = frame_pool(datasets)
+    settings = render_settings(variant)
+    audio_frames = head.config.audio_frames()
+    samplers: dict[int, Any] = {}
+    options: dict[int, Any] = {}
+    head_losses = head.loss_terms()
+    lr_groups = [g for g in variant.groups() if any(g in ph.lr for ph in variant.phases)]
 
     def save(finished: bool) -> None:
         save_checkpoint(
@@ -328,35 +421,30 @@ def train(
                 "finished": finished,
                 "seed": seed,
                 "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                "model_meta": {
-                    "n": model.n,
-                    "audio_window": data.audio_window,
-                    "audio_dim": data.audio_dim,
-                    "sh_degree": model.sh_degree,
-                    "extent": extent,
-                },
-                # optimizer moments and densification statistics only while unfinished (resume)
+                "model_meta": _model_meta(model, datasets),
+                # optimizer moments and callback statistics only while unfinished (resume)
                 "optimizer": None if opt is None or finished else opt.state_dict(),
                 "phase": opt_phase,
-                "densify": None if densifier is None or finished else densifier.state_dict(),
+                "callbacks": None if finished else [c.state_dict() for c in callbacks],
+                "losses": losses.state_dict(),
+                "init_from": None if init_ck is None else {"path": str(init_from), "config_hash": init_ck["config_hash"]},
                 "generator": gen.get_state(),
                 "curves": curves,
                 "elapsed_s": elapsed,
-                "data": {**fp, "audio_path": str(data.audio_path) if data.audio_path else None, "source_size": data.source_size},
+                "data": {**fp, "audio_path": str(datasets[0].audio_path) if datasets[0].audio_path else None, "source_size": datasets[0].source_size},
             },
         )
         write_text(out_dir / "curves.csv", _curves_csv(curves, loss_names, lr_groups))
 
     def write_config() -> None:
         text = "# resolved training config (talkgs.train.loop.train)\n" + dump_yaml(
-            {"variant": cfg, "seed": seed, "device": str(device), "data": fp, "extent": extent}
+            {"variant": cfg, "seed": seed, "device": str(device), "data": fp, "extent": extent,
+             "init_from": None if init_from is None else str(init_from)}  # fmt: skip
         )
         write_text(out_dir / "config.yaml", text)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     write_config()
-    train_idx = data.train_idx
-    n_train = len(train_idx)
     bar = _Progress(progress, total, step)
     t_window, n_window, rate = time.perf_counter(), 0, 0.0
     t_run = time.perf_counter()
@@ -365,41 +453,54 @@ def train(
         while step < stop:
             pi, local = locate(variant.phases, step)
             phase = variant.phases[pi]
-            if opt is None or opt_phase != pi or pending_opt_state is not None:
+            if pi not in options:
+                options[pi] = variant.model.parse_options(phase.head, f"phases[{pi}].head")
+                samplers[pi] = build("sampler", phase.sampler, pool=pool, seed=seed, iterations=phase.iterations)
+            if built != pi:
                 model.train()
-                opt = _make_optimizer(model, phase)
-                densifier = None
+                opt = _make_optimizer(model, phase, frozen)
+                losses.freeze()
+                callbacks = []
                 if phase.densify.enabled:
-                    densifier = ModelDensifier(phase.densify, extent, gen, variant.model.init.max_gaussians)
-                if pending_opt_state is not None and opt_phase == pi:
-                    opt.load_state_dict(pending_opt_state)
-                    if densifier is not None and pending_densify is not None:
-                        densifier.load_state_dict(pending_densify)
-                pending_opt_state = pending_densify = None
-                opt_phase = pi
-                log.info("phase %s: %d steps from step %d, training %s", phase.name, phase.iterations, starts[pi], ", ".join(phase.lr))
+                    callbacks.append(Densify(phase.densify, gen, scene_scale=extent))
+                callbacks += head.callbacks(options[pi])
+                callbacks += [build("callback", c) for c in phase.callbacks]
+                if opt_phase == pi:  # resuming inside this phase: its optimizer and callback states
+                    if pending_opt_state is not None and opt is not None:
+                        opt.load_state_dict(pending_opt_state)
+                    for c, st in zip(callbacks, pending_callbacks or []):
+                        c.load_state_dict(st)
+                pending_opt_state = pending_callbacks = None
+                if opt is None and not any(n in losses.optimizers for n, w in phase.losses.items() if w > 0):
+                    raise ValueError(f"phase {phase.name!r} trains nothing: give at least one parameter group a learning rate")
+                built = opt_phase = pi
+                log.info("phase %s: %d steps from step %d, training %s", phase.name, phase.iterations, starts[pi],
+                         ", ".join(g for g in phase.lr if g not in frozen))  # fmt: skip
             t0 = time.perf_counter()
             lrs = _set_lrs(opt, phase, local, extent)
-            i = int(train_idx[frame_order(n_train, seed, step)])
-            out, attrs = render_frame(
-                model, data, i, deform=phase.deform, background=variant.render.background, backend=variant.render.backend, device=device,
-                eps2d=variant.render.eps2d,
-            )
-            boxes = {}
-            for region in REGIONS:
-                rp = getattr(variant.losses, region)
-                boxes[region] = data.region_box(i, region, rp.margin, rp.min_size)
-            ctx = LossContext(pred=out.rgb, target=data.image(i, device), boxes=boxes, extras={"attrs": attrs})
-            terms = {name: losses[name](ctx) for name, w in phase.losses.items() if w > 0}
+            picks = samplers[pi].sample(step, local, phase.frames_per_step)
+            batch = make_batch(datasets, picks, device, background=variant.render.background, audio_frames=audio_frames, step=step, local_step=local)
+            outputs = model.render(batch, options[pi], settings, post=phase.post) if phase.render else Outputs()
+            ctx = LossContext(outputs=outputs, batch=batch, head=head, step=step, local_step=local, phase_iterations=phase.iterations)
+            terms = {}
+            for name, w in phase.losses.items():
+                if w > 0:
+                    terms[name] = head_losses[name](ctx) if name in head_losses else losses.modules[name](ctx)
             loss = sum(phase.losses[n] * v for n, v in terms.items())
-            loss_v = float(loss.detach())
+            loss_v = float(loss.detach()) if isinstance(loss, Tensor) else float(loss)
             if not math.isfinite(loss_v):
-                raise FloatingPointError(f"step {step} ({phase.name}, frame {i}): loss is {loss_v}; lower the learning rates")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if densifier is not None:
-                densifier.step(model, opt, local, out, attrs)
-            opt.step()
+                raise FloatingPointError(f"step {step} ({phase.name}, frames {picks}): loss is {loss_v}; lower the learning rates")
+            if opt is not None:
+                opt.zero_grad(set_to_none=True)
+            if isinstance(loss, Tensor) and loss.requires_grad:
+                loss.backward()
+            for c in callbacks:
+                c.post_backward(model, opt, local, outputs)  # type: ignore[arg-type]
+            if opt is not None:
+                opt.step()
+            for n, o in losses.optimizers.items():
+                if phase.losses.get(n, 0) > 0:
+                    terms.update({f"{n}.{k}": torch.tensor(v) for k, v in losses.modules[n].update(ctx, o).items()})
             step += 1
             dt = time.perf_counter() - t0
             elapsed += dt
@@ -438,10 +539,10 @@ def train(
     wall = time.perf_counter() - t_run
     mean_rate = step / elapsed if elapsed > 0 else float("nan")
     summary = {
-        "subject": data.name,
+        "subject": datasets[0].name if len(datasets) == 1 else [d.name for d in datasets],
         "steps": step,
         "total_steps": total,
-        "train_frames": int(len(data.train_idx)),
+        "train_frames": int(pool.total),
         "finished": finished,
         "gaussians": model.n,
         "elapsed_s": round(elapsed, 2),
@@ -452,5 +553,5 @@ def train(
         "config": str(out_dir / "config.yaml"),
         "curves": str(out_dir / "curves.csv"),
     }
-    log.info("trained %s: %d/%d steps, %d Gaussians, %.1f s (%.2f it/s)", data.name, step, total, model.n, elapsed, summary["it_s"] or 0)
+    log.info("trained %s: %d/%d steps, %d Gaussians, %.1f s (%.2f it/s)", summary["subject"], step, total, model.n, elapsed, summary["it_s"] or 0)
     return summary

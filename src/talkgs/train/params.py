@@ -1,8 +1,9 @@
-"""Variant configuration: model components, training phases, losses, presets.
+"""Variant configuration: the head, training phases, losses, samplers, presets.
 
 ``params.yaml`` (section ``train``, :class:`TrainParams`) holds the variants by name and the
-hardware presets; a variant is a :class:`VariantParams` whose defaults are GaussianTalker's
-paper settings (appendix A), so a variant entry only says what differs::
+hardware presets -- they are defined there and only there. A variant is a
+:class:`VariantParams` whose defaults are GaussianTalker's paper settings (appendix A), so a
+variant entry only says what differs::
 
     train:
       preset: cpu                       # applied on top of every variant (null: paper settings)
@@ -11,7 +12,11 @@ paper settings (appendix A), so a variant entry only says what differs::
         gaussiantalker_lite: {model: {deformer: {layers: 1}}}
         static: {model: {deformer: {name: identity}}, phases: [...]}
 
-:data:`BUILTIN_VARIANTS` and :data:`BUILTIN_PRESETS` are those entries as plain YAML-able dicts.
+Every component section (``model``, its parts, ``losses.<name>``, ``sampler``, ``post``,
+``callbacks``) is the config of a registered component, chosen by ``name`` and parsed strictly
+(:mod:`talkgs.models.registry`). A variant is validated against its head when parsed: phase
+learning rates must name the head's parameter groups, phase losses its own losses or registered
+ones, ``head:`` phase options the head's options.
 """
 
 from __future__ import annotations
@@ -20,26 +25,29 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from talkgs.models.params import ModelParams
+from talkgs.configlib import ConfigError, closest_hint, from_dict
+from talkgs.models.contract import CallbackConfig, HeadConfig, LossConfig, PostConfig, PresetKnobs, SamplerConfig
+from talkgs.models.heads.deformable import DeformableHeadConfig
+from talkgs.models.registry import RegistryError, config_class, names
+from talkgs.train.samplers import UniformConfig
 
 __all__ = [
     "LRParams",
     "DensifyParams",
     "PhaseParams",
-    "PerceptualParams",
-    "RegionParams",
-    "LossParams",
     "RenderParams",
+    "PretrainParams",
     "VariantParams",
     "PresetParams",
     "TrainParams",
-    "BUILTIN_VARIANTS",
-    "BUILTIN_PRESETS",
     "variant_from_dict",
     "apply_preset",
-    "builtin_variant",
     "default_phases",
+    "PRETRAIN",
 ]
+
+PRETRAIN = "pretrain"
+"""``init_from: pretrain``: start from this variant's cross-subject ``pretrain@<V>`` model."""
 
 
 @dataclass(frozen=True)
@@ -63,18 +71,23 @@ class LRParams:
 
 @dataclass(frozen=True)
 class DensifyParams:
-    """Adaptive density control within a phase (:mod:`talkgs.render.densify`, gsplat's
-    ``DefaultStrategy`` knobs; steps count from the phase start). Growth stops at the model's
-    ``init.max_gaussians``."""
+    """Adaptive density control within a phase (the densification callback,
+    :mod:`talkgs.train.density` over :mod:`talkgs.render.densify`: gsplat's ``DefaultStrategy``
+    knobs; steps count from the phase start). Growth stops at each Gaussian set's cap."""
 
     enabled: bool = False
     """Densify in this phase."""
+    sets: tuple[str, ...] | None = None
+    """Gaussian sets to densify (None: every set the head rendered in the step)."""
     grow_grad2d: float = 0.0002
     """Mean NDC gradient of the 2D mean above which a Gaussian is cloned or split."""
     grow_scale3d: float = 0.01
     """Gaussians smaller than this x scene extent are cloned, larger ones split."""
     prune_opa: float = 0.005
     """Gaussians below this opacity are removed."""
+    prune_opa_final: float | None = None
+    """If set, the opacity threshold rises linearly from ``prune_opa`` to this by ``refine_stop``
+    (TalkingGaussian: 0.05 → 0.3)."""
     prune_scale3d: float = 0.1
     """After the first opacity reset, Gaussians larger than this x scene extent are removed."""
     refine_start: int = 500
@@ -89,31 +102,43 @@ class DensifyParams:
 
 @dataclass(frozen=True)
 class PhaseParams:
-    """One training phase (e.g. canonical → deformation)."""
+    """One training phase (e.g. canonical → deformation). Steps of all phases share one counter."""
 
     name: str = "train"
-    """Phase name (progress bar, curves)."""
+    """Phase name (progress bar, curves, preset factors)."""
     iterations: int = 1000
-    """Steps in this phase (one training frame per step)."""
-    deform: bool = False
-    """Apply the deformer (False: render the canonical Gaussians)."""
+    """Steps in this phase."""
+    head: dict[str, Any] = field(default_factory=dict)
+    """The head's per-phase options (e.g. ``{deform: false}`` for ``head/deformable``; the
+    head's options dataclass says which keys exist)."""
     lr: dict[str, LRParams] = field(default_factory=dict)
-    """Learning rate per parameter group (``means``, ``gaussians``, ``spatial``, ``canonical``,
-    ``audio``, ``conditions``, ``deformer``); groups not listed are frozen in this phase."""
+    """Learning rate per parameter group (the head's groups and ``post.<name>``); groups not
+    listed are frozen in this phase."""
     losses: dict[str, float] = field(default_factory=lambda: {"l1": 0.8, "dssim": 0.2, "lpips": 0.01})
-    """Registered loss name → weight (see :mod:`talkgs.train.losses`); weight 0 = not computed."""
+    """Loss name → weight: the head's own losses, the variant's ``losses`` entries, or registered
+    losses with their default config; weight 0 = not computed."""
     densify: DensifyParams = field(default_factory=DensifyParams)
+    sampler: SamplerConfig = field(default_factory=UniformConfig)
+    """Which frames each step trains on (registry kind ``sampler``: ``uniform``, ``incremental``)."""
+    frames_per_step: int = 1
+    """Frames rendered per step (``K``); losses average over them."""
+    render: bool = True
+    """False: a phase that does not render (e.g. pretraining an audio encoder); its losses read
+    the batch and the head directly."""
+    post: tuple[str, ...] | None = None
+    """Post-render modules that run in this phase (names from the variant's ``post``; None: all)."""
+    callbacks: tuple[CallbackConfig, ...] = ()
+    """More training callbacks (registry kind ``callback``), after densification."""
 
     def __post_init__(self) -> None:
         if self.iterations < 0:
             raise ValueError(f"phase {self.name!r}: iterations must be >= 0, found {self.iterations}")
-        from talkgs.models.head import PARAM_GROUPS
-
-        bad = set(self.lr) - set(PARAM_GROUPS)
-        if bad:
-            raise ValueError(f"phase {self.name!r}: unknown parameter groups {sorted(bad)} in lr; valid: {list(PARAM_GROUPS)}")
-        if self.densify.enabled and "means" not in self.lr:
-            raise ValueError(f"phase {self.name!r}: densification needs trainable positions: give 'means' a learning rate or disable densify")
+        if self.frames_per_step < 1:
+            raise ValueError(f"phase {self.name!r}: frames_per_step must be >= 1, found {self.frames_per_step}")
+        if self.densify.enabled and not any(g.split(".")[-1] == "means" for g in self.lr):
+            raise ValueError(f"phase {self.name!r}: densification needs trainable positions: give a 'means' group a learning rate or disable densify")
+        if self.densify.enabled and not self.render:
+            raise ValueError(f"phase {self.name!r}: densification needs renders; a phase with render: false cannot densify")
 
 
 def default_phases() -> tuple[PhaseParams, ...]:
@@ -121,7 +146,7 @@ def default_phases() -> tuple[PhaseParams, ...]:
     canonical = PhaseParams(
         name="canonical",
         iterations=8000,
-        deform=False,
+        head={"deform": False},
         lr={
             "means": LRParams(start=1.6e-4, end=1.6e-6, relative_to_extent=True),
             "spatial": LRParams(start=1.6e-3, end=1.6e-4),
@@ -133,7 +158,6 @@ def default_phases() -> tuple[PhaseParams, ...]:
     deformation = PhaseParams(
         name="deformation",
         iterations=8000,
-        deform=True,
         lr={
             "spatial": LRParams(start=1e-4, end=1e-5),
             "canonical": LRParams(start=1e-4, end=1e-5),
@@ -144,43 +168,6 @@ def default_phases() -> tuple[PhaseParams, ...]:
         losses={"l1": 0.8, "dssim": 0.2, "lpips": 0.01, "lip": 0.8},
     )
     return (canonical, deformation)
-
-
-@dataclass(frozen=True)
-class PerceptualParams:
-    """Weights of the LPIPS loss (:mod:`talkgs.models.perceptual`)."""
-
-    net: Literal["alex"] = "alex"
-    """Backbone (AlexNet, as GaussianTalker / the papers' metric)."""
-    alexnet_weights: str | None = None
-    """Path of torchvision's ``alexnet-owt-7be5be79.pth``; None: the torch hub cache
-    ``~/.cache/torch/hub/checkpoints/``. Missing weights stop the run (with where to put them)
-    unless the lpips weight is 0."""
-    linear_weights: str | None = None
-    """Path of the LPIPS linear heads; None: ``weights/v0.1/alex.pth`` of the lpips wheel."""
-
-
-@dataclass(frozen=True)
-class RegionParams:
-    """Region crops for region losses (``lip``, ``face``), from the frame's landmarks."""
-
-    margin: float = 0.25
-    """The landmark box grows by this fraction of its size on every side."""
-    min_size: int = 16
-    """Crops are at least this many pixels wide and high (at the training resolution)."""
-
-
-@dataclass(frozen=True)
-class LossParams:
-    """Loss options shared by all phases (the weights are per phase)."""
-
-    ssim_window: int = 11
-    """Gaussian window of SSIM (3DGS: 11, sigma 1.5)."""
-    perceptual: PerceptualParams = field(default_factory=PerceptualParams)
-    lip: RegionParams = field(default_factory=RegionParams)
-    """Lip crop (GaussianTalker's lip loss: L1 on the lip patch)."""
-    face: RegionParams = field(default_factory=lambda: RegionParams(margin=0.05, min_size=32))
-    """Face crop (face-oval landmarks)."""
 
 
 @dataclass(frozen=True)
@@ -202,16 +189,45 @@ class RenderParams:
 
 
 @dataclass(frozen=True)
+class PretrainParams:
+    """Cross-subject pretraining of a variant (stage ``pretrain@<V>``, D3-Talker / InsTaG style):
+    the variant's head trained on several subjects at once (one identity each, shared networks),
+    saved to ``models/pretrain/<V>/``; ``init_from: pretrain`` starts every ``train@<S>-<V>``
+    from its shared part."""
+
+    subjects: tuple[str, ...] = ()
+    """Enabled subjects to pretrain on (empty: no pretraining)."""
+    phases: tuple[PhaseParams, ...] | None = None
+    """Phases of the pretraining run (None: the variant's own phases)."""
+
+
+@dataclass(frozen=True)
 class VariantParams:
-    """One variant: model components + phases + losses. Defaults = GaussianTalker (paper)."""
+    """One variant: a head + phases + losses. Defaults = GaussianTalker (paper)."""
 
     description: str = "GaussianTalker (Cho et al. 2024): triplane canonical head + spatial-audio cross-attention deformer"
     """Free text (shown in logs and reports)."""
-    model: ModelParams = field(default_factory=ModelParams)
+    model: HeadConfig = field(default_factory=DeformableHeadConfig)
+    """The head (registry kind ``head``, chosen by ``name``; default ``deformable``)."""
+    audio_feature: str = "mel"
+    """Audio feature table read from the features stage (``audio_<feature>.parquet``)."""
     phases: tuple[PhaseParams, ...] = field(default_factory=default_phases)
     """Training phases, run in order."""
-    losses: LossParams = field(default_factory=LossParams)
+    losses: dict[str, Any] = field(default_factory=dict)
+    """Loss configs by the name phases weight them with, e.g. ``{lip: {margin: 0.3}}`` or
+    ``{lip_wide: {name: lip, margin: 0.5}}``; a name not listed uses the registered loss of
+    that name with its default config."""
+    post: tuple[PostConfig, ...] = ()
+    """Post-render modules (registry kind ``post``), in order; group ``post.<name>`` each."""
     render: RenderParams = field(default_factory=RenderParams)
+    pretrain: PretrainParams = field(default_factory=PretrainParams)
+    init_from: str | None = None
+    """Start from a trained model: ``pretrain`` (this variant's ``pretrain@<V>`` model) or a
+    checkpoint path. Its shared (identity-independent) parameters are loaded; the subject's own
+    Gaussians are initialised from its clip."""
+    freeze: tuple[str, ...] = ()
+    """Parameter groups kept frozen in every phase of the per-subject training (e.g. the
+    pretrained audio encoder)."""
     log_every: int = 10
     """Steps between rows of ``curves.csv``."""
     checkpoint_every: int = 500
@@ -220,15 +236,77 @@ class VariantParams:
     def __post_init__(self) -> None:
         if not self.phases:
             raise ValueError("a variant needs at least one phase")
-        names = [p.name for p in self.phases]
-        if len(set(names)) != len(names):
-            raise ValueError(f"phase names must be unique, found {names}")
         if self.log_every < 1 or self.checkpoint_every < 1:
             raise ValueError("log_every and checkpoint_every must be >= 1")
+        object.__setattr__(self, "losses", {k: _loss_config(k, v) for k, v in self.losses.items()})
+        post_names = [p.name for p in self.post]
+        if len(set(post_names)) != len(post_names):
+            raise ValueError(f"post: each module once, found {post_names}")
+        groups = self.groups()
+        for where, phases in (("phases", self.phases), ("pretrain.phases", self.pretrain.phases or ())):
+            names_ = [p.name for p in phases]
+            if len(set(names_)) != len(names_):
+                raise ValueError(f"{where}: phase names must be unique, found {names_}")
+            for i, ph in enumerate(phases):
+                at = f"{where}[{i}] ({ph.name})"
+                self.model.parse_options(ph.head, f"{at}.head")
+                _check_names(list(ph.lr), groups, f"{at}.lr", "parameter group")
+                for n in ph.losses:
+                    self.loss_config(n, f"{at}.losses")
+                if ph.post is not None:
+                    _check_names(list(ph.post), post_names, f"{at}.post", "post-render module")
+        _check_names(list(self.freeze), groups, "freeze", "parameter group")
+        if self.init_from == PRETRAIN and not self.pretrain.subjects:
+            raise ValueError("init_from: pretrain needs pretrain.subjects (the subjects of the pretrain@<V> stage)")
+
+    def groups(self) -> list[str]:
+        """Parameter groups phases may train: the head's and ``post.<name>`` per post module."""
+        return [*self.model.groups, *(f"post.{p.name}" for p in self.post)]
+
+    def loss_config(self, name: str, where: str = "losses") -> LossConfig | None:
+        """The config of loss ``name`` (None: a loss the head computes itself)."""
+        if name in self.model.loss_names:
+            return None
+        if name in self.losses:
+            return self.losses[name]
+        try:
+            return config_class("loss", name)()
+        except RegistryError:
+            valid = [*self.model.loss_names, *self.losses, *names("loss")]
+            raise ValueError(
+                f"{where}: no loss {name!r}.{closest_hint(name, valid)} Head {self.model.name!r} losses: "
+                f"{list(self.model.loss_names) or 'none'}; registered: {', '.join(names('loss'))}"
+            ) from None
 
     @property
     def total_iterations(self) -> int:
         return sum(p.iterations for p in self.phases)
+
+    def pretraining(self) -> VariantParams:
+        """This variant as its cross-subject pretraining run (its ``pretrain.phases``)."""
+        phases = self.pretrain.phases or self.phases
+        return dataclasses.replace(self, phases=phases, init_from=None, freeze=())
+
+
+def _check_names(given: list[str], valid: list[str], where: str, what: str) -> None:
+    for g in given:
+        if g not in valid:
+            raise ValueError(f"{where}: no {what} {g!r}.{closest_hint(g, valid)} Valid: {', '.join(valid) or '(none)'}")
+
+
+def _loss_config(key: str, value: Any) -> LossConfig:
+    if isinstance(value, LossConfig):
+        return value
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"losses.{key}: expected a mapping (the loss's options), found {type(value).__name__}")
+    name = value.get("name", key)
+    try:
+        cls = config_class("loss", name)
+    except RegistryError as e:
+        raise ConfigError(f"losses.{key}.name: {e}") from None
+    return from_dict(cls, {**value, "name": name}, f"losses.{key}")
 
 
 @dataclass(frozen=True)
@@ -240,9 +318,9 @@ class PresetParams:
     resolution: int | None = None
     """Training resolution (``render.resolution``)."""
     init_points: int | None = None
-    """``model.init.points``."""
+    """Initial Gaussians (the head maps it onto its sets; ``deformable``: ``model.init.points``)."""
     max_gaussians: int | None = None
-    """``model.init.max_gaussians``."""
+    """Gaussian cap (``deformable``: ``model.init.max_gaussians``)."""
     iteration_scale: float = 1.0
     """Every phase's iterations (and its densification schedule) are multiplied by this."""
     phase_iteration_scale: dict[str, float] = field(default_factory=dict)
@@ -254,12 +332,11 @@ class PresetParams:
     loss_weights: dict[str, float] = field(default_factory=dict)
     """Loss name → weight, replacing that loss's weight in every phase that uses it."""
     sh_degree: int | None = None
-    """``model.canonical.sh_degree``."""
+    """SH degree of the canonical colours."""
     triplane_resolution: int | None = None
-    """``model.spatial.resolution``."""
+    """Spatial grid resolution (``deformable``: ``model.spatial.resolution``)."""
     head_layers: int | None = None
-    """Hidden layers of the canonical attribute heads and the deformer's offset heads
-    (``model.canonical.head_layers``, ``model.deformer.head_layers``; 0 = linear heads)."""
+    """Hidden layers of the heads' attribute/offset MLP heads (0 = linear heads)."""
     checkpoint_every: int | None = None
     """``checkpoint_every``."""
 
@@ -268,14 +345,21 @@ class PresetParams:
         if bad or not self.iteration_scale > 0:
             raise ValueError(f"preset: iteration scales must be > 0, found iteration_scale={self.iteration_scale}, phase_iteration_scale={bad}")
 
+    @property
+    def knobs(self) -> PresetKnobs:
+        return PresetKnobs(
+            init_points=self.init_points, max_gaussians=self.max_gaussians, sh_degree=self.sh_degree,
+            grid_resolution=self.triplane_resolution, head_layers=self.head_layers,
+        )  # fmt: skip
+
 
 @dataclass(frozen=True)
 class TrainParams:
     """``params.yaml: train``: variants by name and the preset applied to all of them."""
 
-    variants: dict[str, VariantParams] = field(default_factory=lambda: {k: variant_from_dict(v) for k, v in BUILTIN_VARIANTS.items()})
+    variants: dict[str, VariantParams] = field(default_factory=dict)
     """Variant name → configuration (what differs from the GaussianTalker defaults)."""
-    presets: dict[str, PresetParams] = field(default_factory=lambda: {k: _preset_from_dict(v) for k, v in BUILTIN_PRESETS.items()})
+    presets: dict[str, PresetParams] = field(default_factory=dict)
     """Preset name → overrides."""
     preset: str | None = None
     """Preset applied to every variant (e.g. ``cpu``); None: the variants as written."""
@@ -287,9 +371,7 @@ class TrainParams:
     def __post_init__(self) -> None:
         if self.preset is not None and self.preset not in self.presets:
             raise ValueError(f"train.preset: {self.preset!r} is not one of the presets {sorted(self.presets)}")
-        from talkgs.config import closest_hint
-
-        phases = sorted({ph.name for v in self.variants.values() for ph in v.phases})
+        phases = sorted({ph.name for v in self.variants.values() for ph in (*v.phases, *(v.pretrain.phases or ()))})
         for name, p in self.presets.items():
             for k in p.phase_iteration_scale:
                 if k not in phases:
@@ -300,8 +382,6 @@ class TrainParams:
     def variant(self, name: str) -> VariantParams:
         """The variant ``name`` with :attr:`preset` applied."""
         if name not in self.variants:
-            from talkgs.config import closest_hint
-
             raise KeyError(f"unknown variant {name!r}.{closest_hint(name, list(self.variants))} Variants: {', '.join(sorted(self.variants))}")
         v = self.variants[name]
         return v if self.preset is None else apply_preset(v, self.presets[self.preset])
@@ -315,26 +395,10 @@ def _scale_steps(n: int, s: float) -> int:
     return max(1, int(round(n * s))) if n > 0 else 0
 
 
-def apply_preset(v: VariantParams, p: PresetParams) -> VariantParams:
-    """``v`` with the preset's overrides."""
+def _scale_phases(phases: tuple[PhaseParams, ...], p: PresetParams) -> tuple[PhaseParams, ...]:
     r = dataclasses.replace
-    m = v.model
-    init = r(
-        m.init,
-        points=p.init_points if p.init_points is not None else m.init.points,
-        max_gaussians=p.max_gaussians if p.max_gaussians is not None else m.init.max_gaussians,
-    )
-    if init.points > init.max_gaussians:
-        init = r(init, points=init.max_gaussians)
-    canonical = m.canonical if p.sh_degree is None else r(m.canonical, sh_degree=p.sh_degree)
-    deformer = m.deformer
-    if p.head_layers is not None:
-        canonical = r(canonical, head_layers=p.head_layers)
-        deformer = r(deformer, head_layers=p.head_layers)
-    spatial = m.spatial if p.triplane_resolution is None else r(m.spatial, resolution=p.triplane_resolution)
-    model = r(m, init=init, canonical=canonical, spatial=spatial, deformer=deformer)
-    phases = []
-    for ph in v.phases:
+    out = []
+    for ph in phases:
         s = p.iteration_scale * p.phase_iteration_scale.get(ph.name, 1.0)
         d = ph.densify
         d = r(
@@ -346,85 +410,22 @@ def apply_preset(v: VariantParams, p: PresetParams) -> VariantParams:
         )
         lr = {g: (r(x, start=x.start * p.lr_scale[g], end=None if x.end is None else x.end * p.lr_scale[g]) if g in p.lr_scale else x) for g, x in ph.lr.items()}
         losses = {k: (p.loss_weights[k] if k in p.loss_weights else w) for k, w in ph.losses.items()}
-        phases.append(r(ph, iterations=_scale_steps(ph.iterations, s), densify=d, lr=lr, losses=losses))
+        out.append(r(ph, iterations=_scale_steps(ph.iterations, s), densify=d, lr=lr, losses=losses))
+    return tuple(out)
+
+
+def apply_preset(v: VariantParams, p: PresetParams) -> VariantParams:
+    """``v`` with the preset's overrides."""
+    r = dataclasses.replace
+    model = v.model.with_preset(p.knobs)
+    phases = _scale_phases(v.phases, p)
+    pretrain = v.pretrain if v.pretrain.phases is None else r(v.pretrain, phases=_scale_phases(v.pretrain.phases, p))
     render = v.render if p.resolution is None else r(v.render, resolution=p.resolution)
     ck = v.checkpoint_every if p.checkpoint_every is None else p.checkpoint_every
     desc = v.description + (f" [preset: {p.description}]" if p.description else "")
-    return r(v, model=model, phases=tuple(phases), render=render, checkpoint_every=ck, description=desc)
-
-
-# ----------------------------------------------------------------------------------------------
-# built-in variants and presets (what params.yaml holds)
-
-_CANONICAL_STATIC = {
-    "name": "static",
-    "iterations": 16000,
-    "deform": False,
-    "lr": {
-        "means": {"start": 1.6e-4, "end": 1.6e-6, "relative_to_extent": True},
-        "spatial": {"start": 1.6e-3, "end": 1.6e-4},
-        "canonical": {"start": 1e-4, "end": 1e-5},
-    },
-    "losses": {"l1": 0.8, "dssim": 0.2, "lpips": 0.01},
-    "densify": {"enabled": True, "refine_start": 500, "refine_stop": 6000, "refine_every": 100},
-}
-
-BUILTIN_VARIANTS: dict[str, dict[str, Any]] = {
-    "static": {
-        "description": "static head: GaussianTalker's canonical Gaussians, no deformation (the floor "
-        "every variant must beat); one canonical phase as long as GaussianTalker's two",
-        "model": {"deformer": {"name": "identity"}, "conditions": {"tokens": []}},
-        "phases": [_CANONICAL_STATIC],
-    },
-    "gaussiantalker": {
-        "description": "GaussianTalker (Cho et al. 2024): triplane canonical head + spatial-audio "
-        "cross-attention deformer (L=2) over [audio, eye, view, null] tokens",
-    },
-    "gaussiantalker_lite": {
-        "description": "GaussianTalker* (lite): one cross-attention layer",
-        "model": {"deformer": {"layers": 1}},
-    },
-}
-"""Built-in variants as ``params.yaml`` entries (differences from :class:`VariantParams` defaults)."""
-
-BUILTIN_PRESETS: dict[str, dict[str, Any]] = {
-    "cpu": {
-        "description": "CPU: 128x128 training renders, 6k Gaussians, 1/8 of the iterations (3/8 for the "
-        "deformation phase, and the static floor as long as both) with larger learning rates, SH degree 1, "
-        "LPIPS weight 0 (the AlexNet weights are not on CPU machines)",
-        "resolution": 128,
-        "init_points": 4000,
-        "max_gaussians": 6000,
-        "iteration_scale": 0.125,
-        "phase_iteration_scale": {"deformation": 3.0, "static": 2.0},
-        "lr_scale": {"means": 3.0, "spatial": 3.0, "canonical": 10.0, "audio": 10.0, "conditions": 10.0, "deformer": 10.0},
-        "loss_weights": {"lpips": 0.0},
-        "sh_degree": 1,
-        "triplane_resolution": 64,
-        "checkpoint_every": 250,
-    },
-}
-"""Built-in presets as ``params.yaml`` entries."""
+    return r(v, model=model, phases=phases, pretrain=pretrain, render=render, checkpoint_every=ck, description=desc)
 
 
 def variant_from_dict(d: dict[str, Any], where: str = "variant") -> VariantParams:
-    """Strictly parse a variant entry (``talkgs.config.from_dict``)."""
-    from talkgs.config import from_dict
-
+    """Strictly parse a variant entry (``talkgs.configlib.from_dict``)."""
     return from_dict(VariantParams, d, where)
-
-
-def _preset_from_dict(d: dict[str, Any]) -> PresetParams:
-    from talkgs.config import from_dict
-
-    return from_dict(PresetParams, d, "preset")
-
-
-def builtin_variant(name: str, preset: str | None = None) -> VariantParams:
-    """A built-in variant, optionally with a built-in preset applied."""
-    if name not in BUILTIN_VARIANTS:
-        raise KeyError(f"unknown built-in variant {name!r}; built-ins: {sorted(BUILTIN_VARIANTS)}")
-    v = variant_from_dict(BUILTIN_VARIANTS[name], f"variants.{name}")
-    if preset is not None:
-        v = apply_preset(v, _preset_from_dict(BUILTIN_PRESETS[preset]))
-    return v

@@ -42,6 +42,7 @@ def synthetic_subject(
     """A :class:`SubjectData` of ``n_frames`` frames at ``size x size``."""
     import cv2
 
+    from talkgs.features.signals import EXPRESSION_NAMES
     from talkgs.preprocess import facemesh as fm
     from talkgs.preprocess.segment import BACKGROUND, EYES, FACE, MOUTH
 
@@ -94,6 +95,10 @@ def synthetic_subject(
         viewmats.append(vm)
         lms.append(uv)
     n_train = n_frames - n_test
+    # upper-face signals: brows follow a slow wave, eye openness the blinks (no RNG: the draws above stay as they were)
+    brow = 0.5 * np.sin(t * 0.3)
+    eye = 1.0 - au45 / 5.0
+    expression = np.stack([brow, brow, 0.5 * brow, -brow, eye, eye], -1).astype(np.float32)
     return SubjectData(
         name="synthetic",
         images=torch.from_numpy(np.stack(images)),
@@ -111,6 +116,8 @@ def synthetic_subject(
         fps=25.0,
         source_size=size,
         audio_feature="synthetic",
+        info={"mouth_open": amp.tolist(), "expression_names": list(EXPRESSION_NAMES)},
+        expression=torch.from_numpy(expression),
     )
 
 
@@ -165,8 +172,9 @@ def write_subject_folder(data: SubjectData, root, wav, *, audio_window: int = 4,
         landmark_motion=np.zeros_like(lm3),
         blink=data.au45.numpy(),
         eye_aspect_ratio=np.full(n, 0.3, np.float32),
-        expression=np.zeros((n, len(EXPRESSION_NAMES)), np.float32),
-        mouth_open=np.zeros(n, np.float32),
+        expression=data.expression.numpy() if data.expression is not None and data.expression.shape[1] == len(EXPRESSION_NAMES)
+        else np.zeros((n, len(EXPRESSION_NAMES)), np.float32),
+        mouth_open=np.asarray(data.info.get("mouth_open", np.zeros(n)), np.float32),
         reproj_error_px=np.zeros(n, np.float32),
         meta={"fps": data.fps, "image_size": [data.width, data.height], "n_train": n_train, "expression_names": list(EXPRESSION_NAMES),
               "canonical_landmarks": data.canonical_landmarks.numpy().tolist()},
@@ -179,4 +187,4 @@ def write_subject_folder(data: SubjectData, root, wav, *, audio_window: int = 4,
     write_audio_table(root / "features" / "audio_mel.parquet", feats, {"encoder": "mel", "fps": data.fps, "params": _dc.asdict(params)})
     from dataclasses import replace
 
-    return replace(data, audio=torch.from_numpy(feats), audio_feature="mel", info={"audio_params": _dc.asdict(params)})
+    return replace(data, audio=torch.from_numpy(feats), audio_feature="mel", info={**data.info, "audio_params": _dc.asdict(params)})

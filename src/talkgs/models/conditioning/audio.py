@@ -3,16 +3,36 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from talkgs.models.registry import register
+from talkgs.models.conditioning.base import ConditionConfig, FrameCondition
+from talkgs.models.registry import ComponentConfig, build, register
 
-__all__ = ["AudioWindowEncoder"]
+__all__ = ["AudioWindowEncoder", "AudioEncoderConfig", "WindowConvConfig", "AudioToken", "AudioTokenConfig"]
 
 
-@register("audio_encoder", "window_conv")
+@dataclass(frozen=True)
+class AudioEncoderConfig(ComponentConfig):
+    """An audio window encoder (registry kind ``audio_encoder``; default ``window_conv``)."""
+
+    kind: ClassVar[str] = "audio_encoder"
+    default: ClassVar[str] = "window_conv"
+
+
+@dataclass(frozen=True)
+class WindowConvConfig(AudioEncoderConfig):
+    """``audio_encoder/window_conv`` (AD-NeRF / ER-NeRF AudioNet)."""
+
+    name: str = "window_conv"
+    hidden: int = 64
+    """Channels of the convolutions and the MLP."""
+
+
+@register("audio_encoder", "window_conv", WindowConvConfig)
 class AudioWindowEncoder(nn.Module):
     """AD-NeRF / ER-NeRF ``AudioNet``: strided 1-D convolutions over the window, then a linear map.
 
@@ -22,15 +42,16 @@ class AudioWindowEncoder(nn.Module):
     or transformer features have arbitrary offsets and scales.
 
     Args:
+        cfg: :class:`WindowConvConfig` (``hidden``: channels of the convolutions).
         in_dim: feature channels ``C`` per time step (e.g. 80 mel bands, 29 DeepSpeech logits,
             1024 HuBERT features).
         window: time steps ``W`` per frame window.
         dim: output token size ``D``.
-        hidden: channels of the convolutions.
     """
 
-    def __init__(self, *, in_dim: int, window: int, dim: int = 64, hidden: int = 64) -> None:
+    def __init__(self, cfg: WindowConvConfig | None = None, *, in_dim: int, window: int, dim: int = 64) -> None:
         super().__init__()
+        hidden = (cfg or WindowConvConfig()).hidden
         if in_dim < 1 or window < 1:
             raise ValueError(f"AudioWindowEncoder: in_dim and window must be >= 1, found {in_dim}, {window}")
         self.in_dim, self.window = in_dim, window
@@ -63,3 +84,37 @@ class AudioWindowEncoder(nn.Module):
         h = self.convs(x.transpose(1, 2))  # [B, hidden, 1]
         y = self.out(h.flatten(1))
         return y[0] if single else y
+
+
+@dataclass(frozen=True)
+class AudioTokenConfig(ConditionConfig):
+    """``condition/audio``: the frame's audio window through an audio encoder."""
+
+    name: str = "audio"
+    encoder: AudioEncoderConfig = field(default_factory=WindowConvConfig)
+    """The audio window encoder (registry kind ``audio_encoder``)."""
+
+
+@register("condition", "audio", AudioTokenConfig)
+class AudioToken(nn.Module):
+    """The audio token: ``encoder(cond.audio)``. Its parameters are the group ``audio``.
+
+    Args:
+        cfg: :class:`AudioTokenConfig`.
+        dim: token size ``D``.
+        ctx: the head's build context (audio window ``W`` and channels ``C``).
+    """
+
+    group = "audio"
+
+    def __init__(self, cfg: AudioTokenConfig, *, dim: int, ctx: Any) -> None:
+        super().__init__()
+        self.encoder = build("audio_encoder", cfg.encoder, in_dim=ctx.audio_dim, window=ctx.audio_window, dim=dim)
+
+    def fit(self, stats: Any) -> None:
+        """Input statistics from the training windows (``stats.audio [T, W, C]``)."""
+        if hasattr(self.encoder, "fit"):
+            self.encoder.fit(stats.audio)
+
+    def forward(self, cond: FrameCondition) -> Tensor:
+        return self.encoder(cond.audio)

@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from talkgs.models.conditioning.base import FrameCondition
+from talkgs.models.conditioning.base import ConditionConfig, FrameCondition
 from talkgs.models.registry import register
 
-__all__ = ["sinusoidal_encoding", "EyeCondition"]
+__all__ = ["sinusoidal_encoding", "EyeCondition", "EyeConfig"]
+
+
+@dataclass(frozen=True)
+class EyeConfig(ConditionConfig):
+    """``condition/eye``: AU45 blink token."""
+
+    name: str = "eye"
+    num_freqs: int = 4
+    """Sinusoidal frequencies of the AU45 encoding."""
+    max_au: float = 5.0
+    """AU45 scale maximum (FACS 0-5)."""
 
 
 def sinusoidal_encoding(x: Tensor, num_freqs: int) -> Tensor:
@@ -24,13 +36,16 @@ def sinusoidal_encoding(x: Tensor, num_freqs: int) -> Tensor:
     return torch.cat([x[..., None], torch.sin(ang), torch.cos(ang)], dim=-1)
 
 
-@register("condition", "eye")
+@register("condition", "eye", EyeConfig)
 class EyeCondition(nn.Module):
     """AU45 (0-5) → ``au45 / max_au`` → sinusoidal encoding → linear → token ``[dim]``."""
 
-    def __init__(self, *, dim: int, num_freqs: int = 4, max_au: float = 5.0) -> None:
+    group = "conditions"
+
+    def __init__(self, cfg: EyeConfig, *, dim: int, ctx: object = None) -> None:
         super().__init__()
-        self.num_freqs, self.max_au = num_freqs, max_au
+        self.num_freqs, self.max_au = cfg.num_freqs, cfg.max_au
+        num_freqs = cfg.num_freqs
         self.proj = nn.Linear(1 + 2 * num_freqs, dim)
 
     def forward(self, cond: FrameCondition) -> Tensor:

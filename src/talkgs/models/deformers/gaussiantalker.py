@@ -11,16 +11,65 @@ The heads' last layers are zero-initialised: the deformer is exactly the identit
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from talkgs.models.canonical import mlp
 from talkgs.models.gaussians import ATTRIBUTES, GaussianAttributes
-from talkgs.models.registry import register
+from talkgs.models.registry import ComponentConfig, register
 
-__all__ = ["SpatialAudioAttention", "CrossAttention"]
+__all__ = ["SpatialAudioAttention", "CrossAttention", "DeformerConfig", "SpatialAudioAttentionConfig"]
+
+
+@dataclass(frozen=True)
+class DeformerConfig(ComponentConfig):
+    """A deformer (registry kind ``deformer``; default ``spatial_audio_attention``):
+    per-Gaussian features + condition tokens → attribute offsets. Built as
+    ``factory(cfg, feature_dim=F, token_dim=D, sh_bases=K, extent=r)``."""
+
+    kind: ClassVar[str] = "deformer"
+    default: ClassVar[str] = "spatial_audio_attention"
+
+
+@dataclass(frozen=True)
+class SpatialAudioAttentionConfig(DeformerConfig):
+    """``deformer/spatial_audio_attention``: GaussianTalker's deformer (appendix A.1.3)."""
+
+    name: str = "spatial_audio_attention"
+    dim: int = 64
+    """Attention width."""
+    layers: int = 2
+    """Cross-attention + FFN blocks L (paper: 2; GaussianTalker* lite: 1)."""
+    heads: int = 4
+    """Attention heads."""
+    ffn_dim: int = 128
+    """FFN hidden width."""
+    head_hidden: int = 64
+    """Hidden width of the offset heads psi_*."""
+    head_layers: int = 1
+    """Hidden layers of each offset head."""
+    attributes: tuple[str, ...] = ATTRIBUTES
+    """Attributes that get offsets (means, quats, log_scales, opacity_logits, sh)."""
+    offset_scales: dict[str, float] = field(
+        default_factory=lambda: {"means": 0.02, "quats": 0.1, "log_scales": 0.1, "opacity_logits": 0.5, "sh": 0.5}
+    )
+    """Factor on each offset head's output (``means``: x the scene extent, the initial cloud's
+    radius), so head outputs are O(1) in any scene units and Adam's per-step changes stay small
+    (GaussianTalker's code works in a normalised scene; talkgs' world is in metres)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        bad = set(self.attributes) - set(ATTRIBUTES)
+        if bad:
+            raise ValueError(f"attributes: unknown {sorted(bad)}; valid: {list(ATTRIBUTES)}")
+        bad = set(self.offset_scales) - set(ATTRIBUTES)
+        if bad:
+            raise ValueError(f"offset_scales for unknown attributes {sorted(bad)}; valid: {list(ATTRIBUTES)}")
+        if self.dim % self.heads:
+            raise ValueError(f"dim={self.dim} is not divisible by heads={self.heads}")
 
 
 class CrossAttention(nn.Module):
@@ -52,58 +101,29 @@ DEFAULT_OFFSET_SCALES = {"means": 0.02, "quats": 0.1, "log_scales": 0.1, "opacit
 OFFSET_DIMS = {"means": 3, "quats": 4, "log_scales": 3, "opacity_logits": 1}
 
 
-@register("deformer", "spatial_audio_attention")
+@register("deformer", "spatial_audio_attention", SpatialAudioAttentionConfig)
 class SpatialAudioAttention(nn.Module):
     """Cross-attention deformer.
 
     Args:
-        feature_dim: per-Gaussian feature size ``F`` (the triplane's output).
-        token_dim: condition token size ``D``.
-        dim: attention width (features are projected to it when ``F != dim``).
-        layers: ``L`` cross-attention + FFN blocks (paper: 2; GaussianTalker* lite: 1).
-        heads: attention heads.
-        ffn_dim: hidden width of each FFN.
-        head_hidden: hidden width of the offset heads.
-        head_layers: hidden layers of each offset head.
-        sh_bases: SH coefficients per channel ``K`` (for ΔSH).
-        attributes: which attributes get offsets (subset of :data:`ATTRIBUTES`).
-        offset_scales: attribute → factor on the head's output (``means``: in units of
-            ``extent``). Puts the heads' outputs in O(1) units whatever the scene units: with
+        cfg: sizes, attributes and offset scales (:class:`SpatialAudioAttentionConfig`); the
+            offset scales put the heads' outputs in O(1) units whatever the scene units: with
             Adam every weight moves by ~lr per step, so an unscaled position head in metres
             jitters by centimetres per step and learns only a constant.
+        feature_dim: per-Gaussian feature size ``F`` (the triplane's output).
+        token_dim: condition token size ``D``.
+        sh_bases: SH coefficients per channel ``K`` (for ΔSH).
         extent: scene size (radius of the initial point cloud) the position offsets scale with.
     """
 
-    needs_tokens = True
-
-    def __init__(
-        self,
-        *,
-        feature_dim: int,
-        token_dim: int,
-        sh_bases: int,
-        dim: int = 64,
-        layers: int = 2,
-        heads: int = 4,
-        ffn_dim: int = 128,
-        head_hidden: int = 64,
-        head_layers: int = 1,
-        attributes: Sequence[str] = ATTRIBUTES,
-        offset_scales: dict[str, float] | None = None,
-        extent: float = 1.0,
-    ) -> None:
+    def __init__(self, cfg: SpatialAudioAttentionConfig, *, feature_dim: int, token_dim: int, sh_bases: int, extent: float = 1.0) -> None:
         super().__init__()
+        dim, layers, heads, ffn_dim, head_hidden, head_layers = cfg.dim, cfg.layers, cfg.heads, cfg.ffn_dim, cfg.head_hidden, cfg.head_layers
         if feature_dim < 1:
             raise ValueError("spatial_audio_attention needs per-Gaussian features (a canonical model with a spatial encoder)")
-        bad = set(attributes) - set(ATTRIBUTES)
-        if bad:
-            raise ValueError(f"spatial_audio_attention: unknown attributes {sorted(bad)}; valid: {list(ATTRIBUTES)}")
-        self.attributes = tuple(attributes)
+        self.attributes = tuple(cfg.attributes)
         scales = dict(DEFAULT_OFFSET_SCALES)
-        scales.update(offset_scales or {})
-        bad = set(scales) - set(ATTRIBUTES)
-        if bad:
-            raise ValueError(f"spatial_audio_attention: offset_scales for unknown attributes {sorted(bad)}")
+        scales.update(cfg.offset_scales)
         self.offset_scales = {a: float(scales[a]) for a in ATTRIBUTES}
         self.register_buffer("extent", torch.tensor(float(extent)))  # saved: a loaded model keeps its scale
         self.sh_bases = sh_bases

@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from talkgs.models.deformers.gaussiantalker import DeformerConfig
 from talkgs.models.gaussians import GaussianAttributes
 from talkgs.models.registry import register
 
-__all__ = ["IdentityDeformer"]
+__all__ = ["IdentityDeformer", "IdentityConfig"]
 
 
-@register("deformer", "identity")
+@dataclass(frozen=True)
+class IdentityConfig(DeformerConfig):
+    """``deformer/identity``: no offsets (no options)."""
+
+    name: str = "identity"
+
+
+@register("deformer", "identity", IdentityConfig)
 class IdentityDeformer(nn.Module):
-    """Returns no offsets. Accepts (and ignores) any size arguments, so variants can switch
-    deformers without editing the rest of their config."""
+    """Returns no offsets; has no parameters. A head with it renders its canonical Gaussians
+    for every frame and needs no condition tokens."""
 
-    needs_tokens = False
+    is_identity = True
 
-    def __init__(self, **_unused: Any) -> None:
+    def __init__(self, cfg: IdentityConfig, *, feature_dim: int = 0, token_dim: int = 0, sh_bases: int = 1, extent: float = 1.0) -> None:
         super().__init__()
 
     def forward(self, features: Tensor | None, tokens: Tensor | None, attrs: GaussianAttributes) -> dict[str, Tensor]:

@@ -12,51 +12,70 @@ Paper (appendix A.1.1): ``H = 64`` features, base resolution ``R = 64`` upsample
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from talkgs.models.registry import register
+from talkgs.models.registry import ComponentConfig, register
 
-__all__ = ["Triplane"]
+__all__ = ["Triplane", "TriplaneConfig", "SpatialEncoderConfig"]
+
+
+@dataclass(frozen=True)
+class SpatialEncoderConfig(ComponentConfig):
+    """A spatial encoder (registry kind ``spatial_encoder``): canonical position → feature.
+    Its ``name`` picks the encoder (default ``triplane``)."""
+
+    kind: ClassVar[str] = "spatial_encoder"
+    default: ClassVar[str] = "triplane"
+
+
+@dataclass(frozen=True)
+class TriplaneConfig(SpatialEncoderConfig):
+    """``spatial_encoder/triplane``: GaussianTalker's multi-resolution triplane."""
+
+    name: str = "triplane"
+    channels: int = 32
+    """Channels per plane and resolution (feature size = channels x len(multires))."""
+    resolution: int = 64
+    """Base resolution R (paper: 64)."""
+    multires: tuple[int, ...] = (1, 2)
+    """Resolution multipliers (paper: R upsampled x2 → (1, 2))."""
+    init_low: float = 0.1
+    """Planes start uniform in [init_low, init_high] (K-planes)."""
+    init_high: float = 0.5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.channels < 1 or self.resolution < 2 or not self.multires or min(self.multires) < 1:
+            raise ValueError(f"triplane: invalid sizes channels={self.channels} resolution={self.resolution} multires={list(self.multires)}")
 
 # plane p spans coordinates PLANES[p] (xy, yz, zx)
 PLANES: tuple[tuple[int, int], ...] = ((0, 1), (1, 2), (2, 0))
 
 
-@register("spatial_encoder", "triplane")
+@register("spatial_encoder", "triplane", TriplaneConfig)
 class Triplane(nn.Module):
-    """Multi-resolution triplane feature field.
+    """Multi-resolution triplane feature field (output dimension ``channels * len(multires)``).
 
     Args:
-        channels: feature channels ``C`` per plane and resolution.
-        resolution: base plane resolution ``R``.
-        multires: resolution multipliers; output dimension ``C * len(multires)``.
-        init_low, init_high: planes start uniform in ``[init_low, init_high]`` (K-planes).
+        cfg: sizes and initialisation (:class:`TriplaneConfig`).
         bounds: ``[2, 3]`` min/max corners of the box mapped to ``[-1, 1]^3``; points outside
             are clamped to its faces. Stored as a buffer (saved in checkpoints).
     """
 
-    def __init__(
-        self,
-        *,
-        channels: int = 32,
-        resolution: int = 64,
-        multires: tuple[int, ...] | list[int] = (1, 2),
-        init_low: float = 0.1,
-        init_high: float = 0.5,
-        bounds: Tensor | None = None,
-    ) -> None:
+    def __init__(self, cfg: TriplaneConfig | None = None, *, bounds: Tensor | None = None) -> None:
         super().__init__()
-        if channels < 1 or resolution < 2 or not multires or min(multires) < 1:
-            raise ValueError(f"Triplane: invalid sizes channels={channels} resolution={resolution} multires={multires}")
-        self.channels = channels
-        self.multires = tuple(int(m) for m in multires)
+        cfg = cfg or TriplaneConfig()
+        self.config = cfg
+        self.channels = cfg.channels
+        self.multires = tuple(int(m) for m in cfg.multires)
+        r = cfg.resolution
         self.planes = nn.ParameterList(
-            [
-                nn.Parameter(torch.empty(3, channels, resolution * m, resolution * m).uniform_(init_low, init_high))
-                for m in self.multires
-            ]
+            [nn.Parameter(torch.empty(3, cfg.channels, r * m, r * m).uniform_(cfg.init_low, cfg.init_high)) for m in self.multires]
         )
         if bounds is None:
             bounds = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])

@@ -1,0 +1,6 @@
+"""Heads (registry kind ``head``): the whole talking-head model of a variant
+(:class:`talkgs.models.contract.Head`).
+
+- ``deformable``: one canonical Gaussian field + condition tokens + a deformer (GaussianTalker;
+  the static floor with the identity deformer).
+"""
