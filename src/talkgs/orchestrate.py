@@ -1,7 +1,7 @@
 """Prefect orchestration of the DVC pipeline: one task run per DVC stage.
 
 DVC owns caching and decides what reruns; Prefect adds visibility (the UI, logs per stage),
-retries for I/O errors, and table artifacts for the metrics. Rules (DESIGN.md):
+retries for I/O errors, and table artifacts for the metrics. Rules (docs/architecture.md):
 
 - each task runs ``dvc repro --single-item <stage>``, in dependency order, one at a time
   (DVC takes a repository lock: never two ``dvc repro`` in one workspace);

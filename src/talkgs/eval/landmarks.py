@@ -13,7 +13,7 @@ the evaluated frames, averaged over frames. The papers use the 20 mouth points 4
 contours, :data:`MOUTH_IDX`) and "face" is the 468 mesh points (no irises). Values are in pixels at
 the evaluation resolution (papers: 512²), so they scale with it.
 
-**Action units** (:func:`action_units`): OpenFace is not available here (see DESIGN.md), so
+**Action units** (:func:`action_units`): OpenFace is not available offline (no installable package ships its models), so
 AU intensities are landmark-geometry proxies in the spirit of :mod:`talkgs.features.signals`:
 each frame's landmarks are aligned (3D similarity on rigid forehead/nose landmarks) onto a frontal
 reference shape of the ground truth in units of the outer-eye-corner distance, then
