@@ -90,6 +90,17 @@ def test_write_metrics_merges_parts_atomically(tmp_path) -> None:
         write_metrics(p, {"self.x": 1}, {"self.x": 2}, subject="may", variant="v")
 
 
+def test_tables_cover_the_enabled_subjects_only(metrics_dir, tmp_path) -> None:
+    """A disabled subject's metrics files stay on disk but leave the tables."""
+    subjects = sorted({r["_subject"] for r in load_metrics(metrics_dir)})
+    assert len(subjects) == 2
+    both = build_tables(metrics_dir, tmp_path / "both", variants=["static", "gaussiantalker"])
+    one = build_tables(metrics_dir, tmp_path / "one", variants=["static", "gaussiantalker"], subjects=subjects[:1])
+    assert both["self_driven.md"].read_text() != one["self_driven.md"].read_text()
+    rows = [r for r in _read_csv(one["all_metrics.csv"].read_text())[1:]]
+    assert rows and {r[0] for r in rows} == {subjects[0]}
+
+
 def _read_csv(text: str) -> list[list[str]]:
     return list(csv.reader(io.StringIO(text)))
 

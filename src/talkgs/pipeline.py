@@ -258,7 +258,7 @@ def report(params: Params, root: Path, *, progress: bool = True) -> dict:
     """Paper-style tables (markdown + csv) over every subject x variant in ``metrics/tables/``."""
     from talkgs.eval.report import build_tables
 
-    written = build_tables(root / paths.METRICS_RUNS, root / paths.TABLES, variants=params.evaluate.variants)
+    written = build_tables(root / paths.METRICS_RUNS, root / paths.TABLES, variants=params.evaluate.variants, subjects=list(params.subjects))
     log.info("tables: %s", ", ".join(str(p) for p in written.values()))
     return {k: str(v) for k, v in written.items()}
 

@@ -409,13 +409,23 @@ def _all_metrics_csv(records: Sequence[dict[str, Any]]) -> str:
     return _csv(["subject", "variant", "metric", "value", "reason"], rows)
 
 
-def build_tables(metrics_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], variants: Sequence[str] | None = None) -> dict[str, Path]:
+def build_tables(
+    metrics_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    variants: Sequence[str] | None = None,
+    subjects: Sequence[str] | None = None,
+) -> dict[str, Path]:
     """Write ``self_driven``, ``cross_driven``, ``few_shot`` (``.md`` + ``.csv``) and
     ``all_metrics.csv`` into ``out_dir`` from the metrics files under ``metrics_dir``, atomically.
 
-    ``variants``: row order (others follow alphabetically). Returns name → path.
+    ``variants``: row order (others follow alphabetically). ``subjects``: only these subjects'
+    files (the enabled ones: a disabled subject's metrics stay on disk but leave the tables).
+    Returns name → path.
     """
     records = load_metrics(metrics_dir)
+    if subjects is not None:
+        keep = set(subjects)
+        records = [r for r in records if r["_subject"] in keep]
     out = Path(out_dir)
     written: dict[str, Path] = {}
     for name, fn in (("self_driven", self_driven_table), ("cross_driven", cross_driven_table), ("few_shot", few_shot_table)):
