@@ -60,7 +60,7 @@ def alexnet_weights_path(path: str | os.PathLike[str] | None = None) -> Path:
         raise LPIPSWeightsMissing(
             f"LPIPS needs the torchvision AlexNet weights, not found at {p}. Download {ALEXNET_URL} on a machine "
             f"with internet and copy it to {torch_hub_checkpoints() / ALEXNET_FILE} (or set the variant's "
-            "losses.perceptual.alexnet_weights to its path); or set the lpips loss weight to 0 in the variant/preset."
+            "losses.lpips.alexnet_weights to its path); or set the lpips loss weight to 0 in the variant/preset."
         )
     return p
 

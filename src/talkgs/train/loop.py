@@ -105,6 +105,8 @@ def load_model(checkpoint: str | Path | dict[str, Any], device: str | torch.devi
         n_identities=int(meta["n_identities"]), sizes={k: int(v) for k, v in meta["sizes"].items()},
     )  # fmt: skip
     head = build("head", variant.model, ctx=ctx)
+    if hasattr(head, "scene_extent"):  # the placeholder cloud's extent is meaningless: the trained one
+        head.scene_extent = float(meta.get("extent", head.scene_extent))
     model = TalkingModel(head, [build("post", p) for p in variant.post])
     model.load_state_dict(ck["model"])
     model.to(device).eval()
