@@ -113,7 +113,7 @@ def test_few_shot_sweep_is_validated(tmp_path):
         ({"subjects": ["may"]}, "talkgs subjects enable may"),  # in the catalog, not enabled
         ({"subjects": ["demo"], "variants": ["gaussiantalkr"]}, "Did you mean 'gaussiantalker'"),
         ({"subjects": ["demo"], "seconds": [5.0]}, "write 5, not 5.0"),
-        ({"subjects": ["demo"], "seconds": [0]}, "positive"),
+        ({"subjects": ["demo"], "seconds": [0]}, r"few_shot\.seconds\[0\]: 0 is out of range: use a number in \(0, 3600\]"),
     ):
         base["evaluate"]["few_shot"] = few_shot
         f.write_text(yaml.safe_dump(base))

@@ -23,11 +23,19 @@ def _params(args: argparse.Namespace):
     return load_params(args.root / "params.yaml")
 
 
+def _check_options(args: argparse.Namespace, **ranges) -> None:  # noqa: ANN003 - option name -> talkgs.configlib.Range
+    """Numeric options get the bounds of the settings they override (an error names the option)."""
+    for name, bounds in ranges.items():
+        bounds.check(getattr(args, name), f"--{name.replace('_', '-')}")
+
+
 def cmd_make_demo(args: argparse.Namespace) -> int:
     import dataclasses
 
     from talkgs import pipeline
+    from talkgs.configlib import FRAME_PIXELS, SEED, Range
 
+    _check_options(args, seconds=Range(2, 600, unit="seconds"), size=FRAME_PIXELS, seed=SEED)
     params = _params(args)
     overrides = {k: v for k, v in (("seconds", args.seconds), ("size", args.size), ("seed", args.seed)) if v is not None}
     if overrides:
@@ -121,8 +129,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_synthesize(args: argparse.Namespace) -> int:
     from talkgs import paths
+    from talkgs.configlib import PIXELS
     from talkgs.synthesize import synthesize
 
+    _check_options(args, resolution=PIXELS)
     params = _params(args)
     params.subject(args.subject)  # clear error for an unknown subject
     model = paths.model_dir(args.subject, args.variant, args.root)

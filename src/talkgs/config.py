@@ -19,10 +19,11 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import yaml
 
-from talkgs.configlib import ConfigError, closest_hint, dump_yaml, from_dict, to_dict
+from talkgs.configlib import FRAME_PIXELS, NON_NEGATIVE, PIXELS, ConfigError, Range, closest_hint, dump_yaml, from_dict, to_dict
 from talkgs.demo import DemoParams
 from talkgs.eval.run import EvalWeights
 from talkgs.features.build import FeaturesParams
@@ -33,7 +34,7 @@ from talkgs.train.params import TrainParams
 
 __all__ = [
     "ConfigError", "closest_hint", "from_dict", "to_dict", "dump_yaml", "Params", "SubjectParams", "AudioParams",
-    "EvaluateParams", "FewShotParams", "load_params", "validate", "SUBJECT_NAME", "RESERVED_NAMES",
+    "EvaluateParams", "FewShotParams", "load_params", "parse_params", "validate", "SUBJECT_NAME", "RESERVED_NAMES",
 ]  # fmt: skip
 
 SUBJECT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
@@ -45,7 +46,7 @@ class SubjectParams:
 
     video: str
     """Source video, relative to the repository root (or absolute)."""
-    resolution: int | None = None
+    resolution: Annotated[int | None, FRAME_PIXELS] = None
     """Override of ``extract.resolution`` for this subject (square output size in pixels)."""
     note: str = ""
     """Free text: where the clip comes from, language, licence."""
@@ -73,7 +74,7 @@ class FewShotParams:
     training split is shorter than N seconds gets that run's metrics as unavailable, with the reason."""
     variants: list[str] = field(default_factory=lambda: ["gaussiantalker"])
     """Variants of the sweep (names from ``train.variants``)."""
-    seconds: list[int | float] = field(default_factory=lambda: [5, 10, 15, 20])
+    seconds: list[Annotated[int | float, Range(0, 3600, lo_open=True, unit="seconds")]] = field(default_factory=lambda: [5, 10, 15, 20])
     """Training budgets in seconds (the paper's 5/10/15/20), written as they appear in stage
     names and paths (``gaussiantalker@fewshot5``): whole seconds as integers (5, not 5.0)."""
 
@@ -98,7 +99,7 @@ class EvaluateParams:
     from ``train.variants``. ``static`` is the floor every variant must beat."""
     cross_driven: bool = True
     """Also drive each subject with every enabled foreign audio (``audios``)."""
-    resolution: int | None = None
+    resolution: Annotated[int | None, PIXELS] = None
     """Render and evaluate at this size (None: the subject's extracted resolution)."""
     fid: bool = True
     """Compute FID (needs the Inception weights; unavailable with the reason otherwise)."""
@@ -109,7 +110,7 @@ class EvaluateParams:
     location (torch hub cache). Absent weights make that metric unavailable, with the reason."""
     few_shot: FewShotParams = field(default_factory=FewShotParams)
     """The few-shot sweep (D3-Talker Table 2 → ``metrics/tables/few_shot.md``)."""
-    tolerances: dict[str, float | str] = field(default_factory=dict)
+    tolerances: dict[str, Annotated[float, NON_NEGATIVE] | str] = field(default_factory=dict)
     """Worsening of a headline metric allowed by ``talkgs metrics-diff`` before CI fails: absolute,
     or ``"x%"`` of the old value; merged over ``talkgs.eval.report.DEFAULT_TOLERANCES``."""
 
@@ -224,10 +225,18 @@ def load_params(path: str | os.PathLike[str] = "params.yaml") -> Params:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    return parse_params(data, str(path))
+
+
+def parse_params(data: object, source: str = "params.yaml") -> Params:
+    """Validate already-parsed ``params.yaml`` data (e.g. an edit before it is written); errors
+    read ``"<source>: <key path>: ..."`` with the key path as written in the file."""
     try:
-        return validate(from_dict(Params, data, "params"), str(path))
+        return validate(from_dict(Params, data, "params"), source)
     except ConfigError as e:
         msg = str(e)
-        raise ConfigError(msg if msg.startswith(f"{path}:") else f"{path}: {msg}") from None
+        if msg.startswith(f"{source}:"):
+            raise ConfigError(msg) from None
+        raise ConfigError(f"{source}: {msg.removeprefix('params.')}") from None
 
 

@@ -34,9 +34,11 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 
+from talkgs.configlib import FPS, FRAME_PIXELS, SEED, Range
 from talkgs.io.media import VideoWriter, write_wav
 from talkgs.progress import iterate
 from talkgs.tts import SpeechEvent, synthesize_speech
@@ -67,33 +69,33 @@ SECOND_TEXT = (
 class DemoParams:
     """Parameters of the built-in demo clip (``params.yaml`` key ``demo``)."""
 
-    seconds: float = 12.0
+    seconds: Annotated[float, Range(2, 600, unit="seconds")] = 12.0
     """Clip duration in seconds; the speech is cut at a word boundary to fit, or padded with silence."""
-    size: int = 512
+    size: Annotated[int, FRAME_PIXELS] = 512
     """Square frame size in pixels (even)."""
-    fps: int = 25
+    fps: Annotated[int, FPS] = 25
     """Frames per second."""
-    seed: int = 0
+    seed: Annotated[int, SEED] = 0
     """Seed of head motion and blink timing (the speech itself is deterministic)."""
     text: str = DEFAULT_TEXT
     """What the subject says (English)."""
     voice: str = "en-us+f3"
     """espeak-ng voice (+ variant); ``en-us+f3`` is a female variant."""
-    rate_wpm: int = 165
+    rate_wpm: Annotated[int, Range(80, 450, unit="words per minute")] = 165
     """Speaking rate in words per minute."""
-    sample_rate: int = 16000
+    sample_rate: Annotated[int, Range(8000, 48000, unit="Hz")] = 16000
     """Audio sample rate in Hz (mono)."""
-    lead_in: float = 0.4
+    lead_in: Annotated[float, Range(0, 60, unit="seconds")] = 0.4
     """Silence before the first word, in seconds."""
-    mouth_scale: float = 1.0
+    mouth_scale: Annotated[float, Range(0, 1.5)] = 1.0
     """Scale of the mouth opening (1 = widest inner-lip gap of 0.13 face heights)."""
-    head_motion: float = 1.0
+    head_motion: Annotated[float, Range(0, 3)] = 1.0
     """Scale of the head motion (1 = about +-3 deg yaw, +-2 deg pitch and roll, +-2 px)."""
-    blink_interval: float = 3.0
+    blink_interval: Annotated[float, Range(1, 600, unit="seconds")] = 3.0
     """Mean seconds between blinks (a 12 s clip gets 4)."""
-    crop: float = 2.7
+    crop: Annotated[float, Range(1.8, 5)] = 2.7
     """Side of the face-centred crop of the photo, in face widths."""
-    crf: int = 18
+    crf: Annotated[int, Range(0, 51)] = 18
     """x264 constant rate factor of the mp4 (lower = better quality)."""
     second_text: str = SECOND_TEXT
     """A second utterance, never seen in training: the demo's cross-driving audio (``demo_speech2.wav``)."""

@@ -100,6 +100,9 @@ def synthesize(
     Returns:
         ``{"frames", "fps" (render frames/s), "fps_total", "seconds", "out"}``.
     """
+    from talkgs.configlib import PIXELS
+
+    PIXELS.check(resolution, "resolution")  # before the model loads: an odd size fails only at the encoder
     t_start = time.perf_counter()
     model, variant, data, opts = load_for_render(subject, model_dir, resolution=resolution, device=device)
     feature = variant.audio_feature

@@ -20,10 +20,11 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 
+from talkgs.configlib import PROBABILITY, Range
 from talkgs.features import audio as audio_mod
 from talkgs.features.cache import FramesTable, write_audio_table, write_frames_table
 from talkgs.features.signals import EXPRESSION_NAMES, FaceSignals, blink_peaks, face_signals
@@ -43,17 +44,17 @@ class FeaturesParams:
     """Audio encoders to run (``mel``, ``hubert``, ``wav2vec2``); one ``audio_<name>.parquet`` each."""
     audio_models: dict[str, str] = field(default_factory=dict)
     """Per-encoder model: hub id or local folder (default: each encoder's own default)."""
-    audio_window: int = 16
+    audio_window: Annotated[int, Range(1, 1024, unit="frames")] = 16
     """Encoder frames (50 Hz) per video frame, centred on it."""
-    audio_layer: int = -1
+    audio_layer: Annotated[int, Range(-128, 128)] = -1
     """Transformer hidden state to output (-1 = last)."""
-    n_mels: int = 80
+    n_mels: Annotated[int, Range(8, 512)] = 80
     """Mel bands of the ``mel`` encoder."""
-    audio_chunk_s: float = 20.0
+    audio_chunk_s: Annotated[float, Range(1, 600, unit="seconds")] = 20.0
     """Chunk length for transformer encoders on long audio (seconds)."""
     device: str = "cpu"
     """Torch device for the audio encoders."""
-    blink_closed_ratio: float = 0.4
+    blink_closed_ratio: Annotated[float, PROBABILITY] = 0.4
     """Eye aspect ratio of a closed eye relative to the clip's open EAR (maps to AU45 = 5)."""
     contact_sheet: bool = True
     """Write ``blink_sheet.png``."""

@@ -19,11 +19,12 @@ rotation, scale, SH, opacity) and ``explicit`` (vanilla 3DGS: every attribute st
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from talkgs.configlib import NON_NEGATIVE, SH_DEGREE, WIDTH, Range
 from talkgs.models.gaussians import GaussianAttributes, GaussianParams, inverse_sigmoid, num_sh_bases, rgb_to_sh
 from talkgs.models.registry import ComponentConfig, build, register
 
@@ -37,7 +38,7 @@ class CanonicalConfig(ComponentConfig):
 
     kind: ClassVar[str] = "canonical"
     default: ClassVar[str] = "triplane_mlp"
-    sh_degree: int = 3
+    sh_degree: Annotated[int, SH_DEGREE] = 3
     """Spherical-harmonics degree of the colours (3DGS: 3)."""
 
     def __post_init__(self) -> None:
@@ -50,13 +51,13 @@ class TriplaneMLPConfig(CanonicalConfig):
     """``canonical/triplane_mlp``: GaussianTalker's attributes from triplane features through MLPs."""
 
     name: str = "triplane_mlp"
-    hidden: int = 64
+    hidden: Annotated[int, WIDTH] = 64
     """Width of the shared trunk and the attribute heads."""
-    trunk_layers: int = 1
+    trunk_layers: Annotated[int, Range(0, 16)] = 1
     """Hidden layers of the shared trunk phi_shared."""
-    head_layers: int = 1
+    head_layers: Annotated[int, Range(0, 16)] = 1
     """Hidden layers of each attribute head (0 = linear)."""
-    head_init_scale: float = 0.1
+    head_init_scale: Annotated[float, NON_NEGATIVE] = 0.1
     """The heads' last-layer weights are scaled by this at init (outputs start near the initial values)."""
 
 

@@ -32,13 +32,13 @@ import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from talkgs.configlib import ConfigError, closest_hint, from_dict
+from talkgs.configlib import GAUSSIANS, NON_NEGATIVE, POSITIVE, ConfigError, Range, closest_hint, from_dict
 from talkgs.models.conditioning.base import FrameCondition
 from talkgs.models.gaussians import GaussianAttributes, GaussianParams
 from talkgs.models.registry import ComponentConfig
@@ -253,14 +253,14 @@ class PointCloudSpec:
     behind the lips for the inside of the mouth).
     """
 
-    points: int = 20000
+    points: Annotated[int, GAUSSIANS] = 20000
     classes: tuple[int, ...] = (2, 3, 4, 5, 6)
     cutout: bool = True
     landmarks: bool = True
-    reference_frames: int = 8
-    head_depth_scale: float = 1.15
-    cutout_threshold: float = 12.0
-    scale_neighbors: int = 3
+    reference_frames: Annotated[int, Range(1, 1000)] = 8
+    head_depth_scale: Annotated[float, POSITIVE] = 1.15
+    cutout_threshold: Annotated[float, NON_NEGATIVE] = 12.0
+    scale_neighbors: Annotated[int, Range(1, 64)] = 3
     depth_offset: float = 0.0
     landmark_subset: tuple[int, ...] | None = None
     """Only these landmark indices (None: all 478)."""

@@ -19,11 +19,13 @@ Heads add their own named losses (:meth:`talkgs.models.contract.Head.loss_terms`
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from talkgs.configlib import MAX_PIXELS, Range
 from talkgs.models.contract import Box, Loss, LossConfig, LossContext
 from talkgs.models.registry import register
 
@@ -95,7 +97,7 @@ class DSSIMConfig(LossConfig):
     """``loss/dssim``: 1 - SSIM over the full image."""
 
     name: str = "dssim"
-    window: int = 11
+    window: Annotated[int, Range(3, 63)] = 11
     """Gaussian window of SSIM (3DGS: 11, sigma 1.5)."""
 
 
@@ -151,9 +153,9 @@ class RegionL1Config(LossConfig):
     """``loss/lip``: L1 on the lip crop (GaussianTalker's lip loss)."""
 
     name: str = "lip"
-    margin: float = 0.25
+    margin: Annotated[float, Range(0, 1)] = 0.25
     """The landmark box grows by this fraction of its size on every side."""
-    min_size: int = 16
+    min_size: Annotated[int, Range(1, MAX_PIXELS)] = 16
     """Crops are at least this many pixels wide and high (at the training resolution)."""
 
 
@@ -162,8 +164,8 @@ class FaceL1Config(RegionL1Config):
     """``loss/face``: L1 on the face crop (face-oval landmarks)."""
 
     name: str = "face"
-    margin: float = 0.05
-    min_size: int = 32
+    margin: Annotated[float, Range(0, 1)] = 0.05
+    min_size: Annotated[int, Range(1, MAX_PIXELS)] = 32
 
 
 class RegionL1(Loss):

@@ -8,7 +8,9 @@ Component configs live next to their components (e.g.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
+from talkgs.configlib import GAUSSIANS, NON_NEGATIVE, POSITIVE, PROBABILITY, Range
 from talkgs.models.contract import PointCloudSpec
 
 __all__ = ["InitParams"]
@@ -25,23 +27,23 @@ class InitParams:
     subsampled to ``points``.
     """
 
-    points: int = 20000
+    points: Annotated[int, GAUSSIANS] = 20000
     """Initial number of Gaussians (the paper's BFM mesh has ~35k vertices)."""
-    max_gaussians: int = 50000
+    max_gaussians: Annotated[int, GAUSSIANS] = 50000
     """Cap on the number of Gaussians: densification never grows past it (paper: 50,000)."""
-    reference_frames: int = 8
+    reference_frames: Annotated[int, Range(1, 1000)] = 8
     """Training frames whose head pixels are lifted to 3D (spread evenly over the split)."""
-    head_depth_scale: float = 1.15
+    head_depth_scale: Annotated[float, POSITIVE] = 1.15
     """The head ellipsoid (for pixels outside the landmark hull) is the landmark ellipsoid
     scaled by this; >1 reaches hair and ears that stick out of the face."""
-    init_opacity: float = 0.1
+    init_opacity: Annotated[float, PROBABILITY] = 0.1
     """Opacity every Gaussian starts with."""
-    cutout_threshold: float = 12.0
+    cutout_threshold: Annotated[float, NON_NEGATIVE] = 12.0
     """Pixels whose frame and torso image differ by more than this (mean abs, 0-255) are head
     pixels too (the torso frames cut the head out with a margin that the head must cover)."""
-    scale_neighbors: int = 3
+    scale_neighbors: Annotated[int, Range(1, 64)] = 3
     """Initial scale = mean distance to this many nearest neighbours."""
-    margin: float = 0.15
+    margin: Annotated[float, NON_NEGATIVE] = 0.15
     """The spatial encoder's box is the initial cloud's box grown by this fraction per side."""
 
     def __post_init__(self) -> None:

@@ -49,10 +49,11 @@ import time
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 
+from talkgs.configlib import COUNT, FPS, FRAME_PIXELS, MAX_PIXELS, PROBABILITY, Range
 from talkgs.io.atomic import atomic_dir, write_json
 from talkgs.io.media import MediaError, write_wav
 from talkgs.io.video import FrameReader, PacketTimes, VideoProbe, packet_times, probe, read_audio
@@ -72,46 +73,46 @@ _REENCODE = "re-encode it, e.g. `ffmpeg -i IN -c:v libx264 -crf 18 -c:a aac OUT.
 class ExtractParams:
     """Parameters of the ``extract`` stage (``params.yaml: extract``)."""
 
-    fps: int = 25
+    fps: Annotated[int, FPS] = 25
     """Output frame rate; any input rate (or variable rate) is resampled to it."""
-    sample_rate: int = 16000
+    sample_rate: Annotated[int, Range(8000, 96000, unit="Hz")] = 16000
     """Output audio sample rate in Hz (mono 16-bit wav)."""
-    resolution: int = 512
+    resolution: Annotated[int, FRAME_PIXELS] = 512
     """Side of the square output frames in pixels (256 is the CPU/demo preset)."""
-    crop_scale: float = 2.8
+    crop_scale: Annotated[float, Range(1, 10, lo_open=True)] = 2.8
     """Crop side = this x the median face box side of MediaPipe's face detector (box ≈ brows
     to chin): 2.8 shows the head with hair and the shoulders."""
-    face_center_y: float = 0.45
+    face_center_y: Annotated[float, PROBABILITY] = 0.45
     """Vertical position of the face box centre in the crop (0 = top, 1 = bottom)."""
-    motion_margin: float = 0.15
+    motion_margin: Annotated[float, Range(0, 5)] = 0.15
     """Every sampled face box, grown by this fraction of the face size, must lie inside the
     crop: the crop grows (up to the frame) when the head moves a lot."""
-    jpeg_quality: int = 95
+    jpeg_quality: Annotated[int, Range(1, 100)] = 95
     """JPEG quality of the frames (OpenCV's scale; ER-NeRF/TalkingGaussian store jpgs)."""
-    test_fraction: float = 1 / 11
+    test_fraction: Annotated[float, PROBABILITY] = 1 / 11
     """Fraction of frames held out for test, taken from the end of the clip (papers: 1/11)."""
-    min_duration_s: float = 2.0
+    min_duration_s: Annotated[float, Range(0, 3600, lo_open=True, unit="seconds")] = 2.0
     """Shorter videos are rejected."""
-    silence_dbfs: float = -50.0
+    silence_dbfs: Annotated[float, Range(-150, 0, unit="dBFS")] = -50.0
     """Audio whose loudest 50 ms window is below this level (dB full scale) is 'silent'."""
-    face_confidence: float = 0.5
+    face_confidence: Annotated[float, PROBABILITY] = 0.5
     """Minimum MediaPipe face detection score."""
-    face_model: int = 0
+    face_model: Annotated[int, Range(0, 1)] = 0
     """MediaPipe face detector tried first: 0 = short range (close-ups, faces within ~2 m),
     1 = full range (small faces, ~5 m); frames where it finds nothing are retried with the other."""
-    detect_samples: int = 100
+    detect_samples: Annotated[int, Range(5, 100_000)] = 100
     """At most this many evenly spaced frames are searched for faces to place the crop."""
-    detect_size: int = 640
+    detect_size: Annotated[int, Range(128, MAX_PIXELS, unit="pixels")] = 640
     """Longest side (pixels) the detection frames are downscaled to."""
-    keyframe_sampling_min: int = 40
+    keyframe_sampling_min: Annotated[int, COUNT] = 40
     """Sample keyframes only (no full decode: fast for long 4K files) when the video has at
     least this many keyframes; otherwise decode all frames at a reduced rate."""
-    min_face_fraction: float = 0.9
+    min_face_fraction: Annotated[float, Range(0, 1, lo_open=True)] = 0.9
     """Error when fewer sampled frames than this fraction show a face."""
-    multi_face_ratio: float = 1.5
+    multi_face_ratio: Annotated[float, Range(1, 1000)] = 1.5
     """With several faces, the largest is used (with a warning) when its area is at least
     this x the next one's; otherwise the input is ambiguous (error)."""
-    vfr_tolerance: float = 0.1
+    vfr_tolerance: Annotated[float, Range(0, 10, lo_open=True)] = 0.1
     """Frame intervals deviating from the median by more than this fraction (and more than
     one timestamp tick) mark the video as variable frame rate (resampled, with a warning)."""
 

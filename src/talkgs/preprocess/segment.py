@@ -86,10 +86,11 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 
+from talkgs.configlib import FRACTION, MAX_PIXELS, PROBABILITY, Range
 from talkgs.io.atomic import atomic_dir, write_json
 from talkgs.preprocess import facemesh as fmesh
 from talkgs.preprocess.errors import InputError
@@ -154,59 +155,59 @@ TORSO_PATTERN = "torso/{:06d}.jpg"
 class SegmentParams:
     """Parameters of the ``segment`` stage (``params.yaml: segment``)."""
 
-    person_threshold: float = 0.5
+    person_threshold: Annotated[float, PROBABILITY] = 0.5
     """Selfie-segmentation probability above which a pixel is the person."""
-    selfie_model: int = 1
+    selfie_model: Annotated[int, Range(0, 1)] = 1
     """MediaPipe selfie segmentation model: 0 = general (256x256 input), 1 = landscape
     (144x256 input): 3x cheaper, masks agree with the general model at IoU 0.97-0.99 on the
     real clips."""
-    mask_smoothing: float = 0.3
+    mask_smoothing: Annotated[float, Range(0, 1, hi_open=True)] = 0.3
     """Temporal smoothing of the person probability: weight of the previous frame's (0 = off)."""
-    face_confidence: float = 0.5
+    face_confidence: Annotated[float, PROBABILITY] = 0.5
     """MediaPipe face mesh minimum detection confidence."""
-    tracking_confidence: float = 0.5
+    tracking_confidence: Annotated[float, PROBABILITY] = 0.5
     """MediaPipe face mesh minimum tracking confidence (below it the face is re-detected)."""
-    hair_width: float = 1.7
+    hair_width: Annotated[float, Range(1, 10)] = 1.7
     """Half-width of the head region in units of the face oval's half-width (per side)."""
-    hair_height: float = 3.5
+    hair_height: Annotated[float, Range(1, 10)] = 3.5
     """Top of the head region above the oval's centre in units of half the face height
     (the forehead top is at about 1; the person mask bounds the hair anyway)."""
     color_models: bool = True
     """Split the head region with skin and hair colour models (else: all of it is hair)."""
-    skin_threshold: float = 3.5
+    skin_threshold: Annotated[float, Range(0, 100, lo_open=True)] = 3.5
     """Mahalanobis distance (YCrCb chroma) to the cheeks' skin colour under which a pixel is skin."""
-    hair_threshold: float = 2.5
+    hair_threshold: Annotated[float, Range(0, 100, lo_open=True)] = 2.5
     """Mahalanobis distance (Y, Cr, Cb) to the hair colour (sampled over the top of the head)
     under which a pixel is hair-coloured."""
-    rim_width: float = 0.15
+    rim_width: Annotated[float, Range(0, 1, hi_open=True)] = 0.15
     """Outer fraction of the face oval where hair-coloured, non-skin pixels are relabelled hair
     (strands over the cheeks of a turned head); 0 disables."""
-    skin_cut: float = -0.6
+    skin_cut: Annotated[float, Range(-1, 1)] = -0.6
     """Skin-coloured head-region pixels above this ``v`` (≈ mouth level) are face, below torso."""
-    eye_margin: float = 0.15
+    eye_margin: Annotated[float, Range(0, 2)] = 0.15
     """Eye polygons are grown by this fraction about their centre (eyelid margin)."""
-    mouth_margin: float = 0.05
+    mouth_margin: Annotated[float, Range(0, 2)] = 0.05
     """The inner-lip polygon is grown by this fraction about its centre."""
-    head_dilate: float = 0.006
+    head_dilate: Annotated[float, Range(0, 0.1, hi_open=True)] = 0.006
     """Head mask growth (fraction of the resolution) when cutting the head out of torso frames."""
-    background_samples: int = 100
+    background_samples: Annotated[int, Range(1, 100_000)] = 100
     """Frames (evenly spaced) used to estimate the background plate."""
-    background_person_threshold: float = 0.2
+    background_person_threshold: Annotated[float, PROBABILITY] = 0.2
     """Person probability above which a pixel is excluded from the plate (generous mask)."""
-    background_distance: float = 0.03
+    background_distance: Annotated[float, Range(0, 0.5, hi_open=True)] = 0.03
     """Pixels must be this far from the person (fraction of the resolution) to count fully."""
-    inpaint_radius: int = 5
+    inpaint_radius: Annotated[int, Range(1, 256, unit="pixels")] = 5
     """OpenCV inpainting radius (pixels) for the never-seen part of the background."""
-    torso_jpeg_quality: int = 95
+    torso_jpeg_quality: Annotated[int, Range(1, 100)] = 95
     """JPEG quality of the torso frames."""
-    png_compression: int = 1
+    png_compression: Annotated[int, Range(0, 9)] = 1
     """zlib level of the label PNGs (1 = fast; label maps compress well anyway)."""
-    contact_frames: int = 6
+    contact_frames: Annotated[int, Range(1, 100)] = 6
     """Evenly spaced frames on the contact sheet (plus widest mouth, lowest eye opening, the
     background plate and a torso frame)."""
-    contact_tile: int = 256
+    contact_tile: Annotated[int, Range(64, MAX_PIXELS, unit="pixels")] = 256
     """Tile size of the contact sheet in pixels."""
-    max_missing_fraction: float = 0.2
+    max_missing_fraction: Annotated[float, FRACTION] = 0.2
     """Error when the face mesh finds no face in more than this fraction of frames (frames
     without a face reuse the nearest frame's landmarks, with a warning)."""
 

@@ -70,12 +70,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import cv2
 import numpy as np
 import torch
 
+from talkgs.configlib import FRACTION, NON_NEGATIVE, POSITIVE, PROBABILITY, STEPS, Range
 from talkgs.io.atomic import atomic_dir, write_json
 from talkgs.preprocess import facemesh as fm
 from talkgs.preprocess import refine
@@ -91,67 +92,67 @@ TRACK_FORMAT_VERSION = 1
 class TrackParams:
     """Parameters of the ``track`` stage (``params.yaml: track``)."""
 
-    min_detection_confidence: float = 0.5
+    min_detection_confidence: Annotated[float, FRACTION] = 0.5
     """MediaPipe face detection confidence (used when the mesh re-detects the face)."""
-    min_tracking_confidence: float = 0.5
+    min_tracking_confidence: Annotated[float, FRACTION] = 0.5
     """MediaPipe tracking confidence; below it the face is re-detected."""
-    max_failed_fraction: float = 0.1
+    max_failed_fraction: Annotated[float, Range(0, 1, hi_open=True)] = 0.1
     """Error when the face mesh fails on more than this fraction of frames."""
-    max_failed_run: int = 25
+    max_failed_run: Annotated[int, STEPS] = 25
     """Error when it fails on more than this many consecutive frames (too long to interpolate)."""
-    fit_frames: int = 64
+    fit_frames: Annotated[int, Range(4, 100_000)] = 64
     """Detected frames (evenly spaced) used to estimate the canonical shape and the focal length."""
-    z_scale: float = 1.0
+    z_scale: Annotated[float, Range(0, 100, lo_open=True)] = 1.0
     """Multiplier on MediaPipe's relative z when building the initial canonical shape."""
-    eye_corner_distance_m: float = 0.09
+    eye_corner_distance_m: Annotated[float, Range(0, 1, lo_open=True, unit="metres")] = 0.09
     """Assumed distance between the outer eye corners (fixes world units = metres)."""
-    rigid_landmarks: int = 60
+    rigid_landmarks: Annotated[int, Range(6, 300)] = 60
     """Number of rigid landmarks used for pose (spread over the rigid region)."""
-    rigid_keep_fraction: float = 0.7
+    rigid_keep_fraction: Annotated[float, Range(0, 1, lo_open=True)] = 0.7
     """Fraction of the rigid-region candidates with the lowest non-rigid residual that may be used."""
-    focal_range: tuple[float, float] = (1.0, 4.0)
+    focal_range: tuple[Annotated[float, POSITIVE], Annotated[float, POSITIVE]] = (1.0, 4.0)
     """Focal search range in units of the image width (1 ≈ 53° FOV, 4 ≈ 14°; AD-NeRF/SyncTalk
     search 600..1500 px at 450² ≈ 1.3..3.3)."""
-    focal_steps: int = 13
+    focal_steps: Annotated[int, Range(3, 1000)] = 13
     """Log-spaced focal candidates in the search."""
-    focal_flat_px: float = 0.1
+    focal_flat_px: Annotated[float, NON_NEGATIVE] = 0.1
     """A focal search whose RMS errors differ by less than this (px) is 'flat' (weakly determined:
     reported, no warning when the best focal is at the range edge)."""
-    fit_iterations: int = 60
+    fit_iterations: Annotated[int, Range(1, 100_000)] = 60
     """L-BFGS iterations of the shape+pose fit per focal candidate."""
-    shape_prior: float = 0.05
+    shape_prior: Annotated[float, NON_NEGATIVE] = 0.05
     """Weight of the prior keeping the canonical shape near its start (per px² of displacement)."""
     refine: bool = True
     """Run the optical-flow keypoint bundle adjustment (False: PnP poses are final)."""
-    keypoints: int = 100
+    keypoints: Annotated[int, Range(8, 100_000)] = 100
     """Target number of live LK keypoint tracks."""
-    reseed_fraction: float = 0.8
+    reseed_fraction: Annotated[float, Range(0, 1, lo_open=True)] = 0.8
     """New keypoints are seeded when fewer than this fraction of ``keypoints`` are alive."""
-    keypoint_quality: float = 0.01
+    keypoint_quality: Annotated[float, PROBABILITY] = 0.01
     """Shi-Tomasi quality level for seeding (relative to the best corner)."""
-    keypoint_min_distance: int = 7
+    keypoint_min_distance: Annotated[int, Range(0, 1000, unit="pixels")] = 7
     """Minimum distance between keypoints in pixels."""
-    lk_window: int = 21
+    lk_window: Annotated[int, Range(5, 255, unit="pixels")] = 21
     """Lucas-Kanade window side in pixels."""
-    lk_levels: int = 3
+    lk_levels: Annotated[int, Range(0, 10)] = 3
     """Lucas-Kanade pyramid levels above the full-resolution image."""
-    fb_threshold: float = 0.7
+    fb_threshold: Annotated[float, POSITIVE] = 0.7
     """Forward-backward error (pixels) above which a track is dropped."""
-    min_track_length: int = 5
+    min_track_length: Annotated[int, Range(2, 100_000)] = 5
     """Tracks with fewer observations are not used in the bundle adjustment."""
-    ba_point_iterations: int = 30
+    ba_point_iterations: Annotated[int, STEPS] = 30
     """L-BFGS iterations of BA stage 1 (3D keypoints only)."""
-    ba_iterations: int = 150
+    ba_iterations: Annotated[int, STEPS] = 150
     """L-BFGS iterations of BA stage 2 (keypoints and poses jointly)."""
-    ba_lr: float = 1.0
+    ba_lr: Annotated[float, POSITIVE] = 1.0
     """L-BFGS step size (with strong-Wolfe line search)."""
-    ba_huber_px: float = 2.0
+    ba_huber_px: Annotated[float, POSITIVE] = 2.0
     """Scale (pixels) of the pseudo-Huber robust cost."""
-    ba_track_outlier_px: float = 2.0
+    ba_track_outlier_px: Annotated[float, POSITIVE] = 2.0
     """Tracks whose median residual after stage 1 exceeds this (pixels) are dropped."""
-    landmark_weight: float = 1.0
+    landmark_weight: Annotated[float, POSITIVE] = 1.0
     """Weight of the rigid-landmark reprojection term in the BA (per landmark, vs 1 per keypoint)."""
-    smoothness_weight: float = 4.0
+    smoothness_weight: Annotated[float, NON_NEGATIVE] = 4.0
     """Weight of the temporal smoothness term (head-point acceleration in pixels, 16 points)."""
 
     def __post_init__(self) -> None:

@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from talkgs.configlib import ConfigError, closest_hint, from_dict
+from talkgs.configlib import (
+    COUNT, FRACTION, GAUSSIANS, NON_NEGATIVE, PIXELS, POSITIVE, SEED, SH_DEGREE, STEPS, ConfigError, Range, closest_hint, from_dict,
+)  # fmt: skip
 from talkgs.models.contract import CallbackConfig, HeadConfig, LossConfig, PostConfig, PresetKnobs, SamplerConfig
 from talkgs.models.heads.deformable import DeformableHeadConfig
 from talkgs.models.registry import RegistryError, config_class, names
@@ -55,11 +57,11 @@ class LRParams:
     """Learning rate of one parameter group within a phase: log-linear decay from ``start`` to
     ``end`` over the phase (3DGS ``get_expon_lr_func``), after a linear warm-up."""
 
-    start: float = 1e-3
+    start: Annotated[float, NON_NEGATIVE] = 1e-3
     """Initial learning rate."""
-    end: float | None = None
+    end: Annotated[float | None, NON_NEGATIVE] = None
     """Final learning rate (None: constant ``start``)."""
-    warmup: int = 0
+    warmup: Annotated[int, STEPS] = 0
     """Steps of linear warm-up from 0 at the phase start."""
     relative_to_extent: bool = False
     """Multiply by the scene extent (radius of the initial point cloud), as 3DGS does for positions."""
@@ -79,24 +81,24 @@ class DensifyParams:
     """Densify in this phase."""
     sets: tuple[str, ...] | None = None
     """Gaussian sets to densify (None: every set the head rendered in the step)."""
-    grow_grad2d: float = 0.0002
+    grow_grad2d: Annotated[float, POSITIVE] = 0.0002
     """Mean NDC gradient of the 2D mean above which a Gaussian is cloned or split."""
-    grow_scale3d: float = 0.01
+    grow_scale3d: Annotated[float, POSITIVE] = 0.01
     """Gaussians smaller than this x scene extent are cloned, larger ones split."""
-    prune_opa: float = 0.005
+    prune_opa: Annotated[float, FRACTION] = 0.005
     """Gaussians below this opacity are removed."""
-    prune_opa_final: float | None = None
+    prune_opa_final: Annotated[float | None, FRACTION] = None
     """If set, the opacity threshold rises linearly from ``prune_opa`` to this by ``refine_stop``
     (TalkingGaussian: 0.05 → 0.3)."""
-    prune_scale3d: float = 0.1
+    prune_scale3d: Annotated[float, POSITIVE] = 0.1
     """After the first opacity reset, Gaussians larger than this x scene extent are removed."""
-    refine_start: int = 500
+    refine_start: Annotated[int, STEPS] = 500
     """First refinement step."""
-    refine_stop: int = 15000
+    refine_stop: Annotated[int, STEPS] = 15000
     """No refinement from this step on."""
-    refine_every: int = 100
+    refine_every: Annotated[int, COUNT] = 100
     """Steps between refinements."""
-    reset_every: int = 1_000_000
+    reset_every: Annotated[int, COUNT] = 1_000_000
     """Opacity reset period (GaussianTalker does not reset: a period past the phase)."""
 
 
@@ -106,7 +108,7 @@ class PhaseParams:
 
     name: str = "train"
     """Phase name (progress bar, curves, preset factors)."""
-    iterations: int = 1000
+    iterations: Annotated[int, STEPS] = 1000
     """Steps in this phase."""
     head: dict[str, Any] = field(default_factory=dict)
     """The head's per-phase options (e.g. ``{deform: false}`` for ``head/deformable``; the
@@ -114,13 +116,13 @@ class PhaseParams:
     lr: dict[str, LRParams] = field(default_factory=dict)
     """Learning rate per parameter group (the head's groups and ``post.<name>``); groups not
     listed are frozen in this phase."""
-    losses: dict[str, float] = field(default_factory=lambda: {"l1": 0.8, "dssim": 0.2, "lpips": 0.01})
+    losses: dict[str, Annotated[float, NON_NEGATIVE]] = field(default_factory=lambda: {"l1": 0.8, "dssim": 0.2, "lpips": 0.01})
     """Loss name → weight: the head's own losses, the variant's ``losses`` entries, or registered
     losses with their default config; weight 0 = not computed."""
     densify: DensifyParams = field(default_factory=DensifyParams)
     sampler: SamplerConfig = field(default_factory=UniformConfig)
     """Which frames each step trains on (registry kind ``sampler``: ``uniform``, ``incremental``)."""
-    frames_per_step: int = 1
+    frames_per_step: Annotated[int, Range(1, 256)] = 1
     """Frames rendered per step (``K``); losses average over them."""
     render: bool = True
     """False: a phase that does not render (e.g. pretraining an audio encoder); its losses read
@@ -174,12 +176,12 @@ def default_phases() -> tuple[PhaseParams, ...]:
 class RenderParams:
     """How training frames are rendered."""
 
-    resolution: int | None = None
+    resolution: Annotated[int | None, PIXELS] = None
     """Square training resolution (frames, torso plates and intrinsics are resized); None: the
     extracted resolution."""
     backend: Literal["auto", "gsplat", "cpu", "reference"] = "auto"
     """:func:`talkgs.render.rasterize` backend (auto: gsplat on CUDA, numba on CPU)."""
-    eps2d: float = 0.3
+    eps2d: Annotated[float, Range(0, 100)] = 0.3
     """Screen-space dilation (pixels², gsplat's ``eps2d``) at the training resolution; renders
     at another resolution scale it by (size ratio)² so the Gaussians keep the footprint they
     were trained with (no sparkle/gaps when a 128² model is rendered at 256²)."""
@@ -228,9 +230,9 @@ class VariantParams:
     freeze: tuple[str, ...] = ()
     """Parameter groups kept frozen in every phase of the per-subject training (e.g. the
     pretrained audio encoder)."""
-    log_every: int = 10
+    log_every: Annotated[int, COUNT] = 10
     """Steps between rows of ``curves.csv``."""
-    checkpoint_every: int = 500
+    checkpoint_every: Annotated[int, COUNT] = 500
     """Steps between resumable checkpoints (also at every phase end)."""
 
     def __post_init__(self) -> None:
@@ -315,29 +317,29 @@ class PresetParams:
 
     description: str = ""
     """What the preset is for and what it changes."""
-    resolution: int | None = None
+    resolution: Annotated[int | None, PIXELS] = None
     """Training resolution (``render.resolution``)."""
-    init_points: int | None = None
+    init_points: Annotated[int | None, GAUSSIANS] = None
     """Initial Gaussians (the head maps it onto its sets; ``deformable``: ``model.init.points``)."""
-    max_gaussians: int | None = None
+    max_gaussians: Annotated[int | None, GAUSSIANS] = None
     """Gaussian cap (``deformable``: ``model.init.max_gaussians``)."""
-    iteration_scale: float = 1.0
+    iteration_scale: Annotated[float, Range(0, 1000, lo_open=True)] = 1.0
     """Every phase's iterations (and its densification schedule) are multiplied by this."""
-    phase_iteration_scale: dict[str, float] = field(default_factory=dict)
+    phase_iteration_scale: dict[str, Annotated[float, Range(0, 1000, lo_open=True)]] = field(default_factory=dict)
     """Phase name → a further factor on that phase's iterations (and its densification
     schedule), e.g. ``{deformation: 3.0}``: a short schedule that still gives the audio-driven
     deformation enough steps. Phases of other names are unaffected."""
-    lr_scale: dict[str, float] = field(default_factory=dict)
+    lr_scale: dict[str, Annotated[float, NON_NEGATIVE]] = field(default_factory=dict)
     """Parameter group → factor on its learning rates in every phase (short schedules need larger steps)."""
-    loss_weights: dict[str, float] = field(default_factory=dict)
+    loss_weights: dict[str, Annotated[float, NON_NEGATIVE]] = field(default_factory=dict)
     """Loss name → weight, replacing that loss's weight in every phase that uses it."""
-    sh_degree: int | None = None
+    sh_degree: Annotated[int | None, SH_DEGREE] = None
     """SH degree of the canonical colours."""
-    triplane_resolution: int | None = None
+    triplane_resolution: Annotated[int | None, Range(1, 1024)] = None
     """Spatial grid resolution (``deformable``: ``model.spatial.resolution``)."""
-    head_layers: int | None = None
+    head_layers: Annotated[int | None, Range(0, 16)] = None
     """Hidden layers of the heads' attribute/offset MLP heads (0 = linear heads)."""
-    checkpoint_every: int | None = None
+    checkpoint_every: Annotated[int | None, COUNT] = None
     """``checkpoint_every``."""
 
     def __post_init__(self) -> None:
@@ -365,7 +367,7 @@ class TrainParams:
     """Preset applied to every variant (e.g. ``cpu``); None: the variants as written."""
     device: str = "cpu"
     """Torch device for training (``cpu`` or ``cuda``)."""
-    seed: int = 0
+    seed: Annotated[int, SEED] = 0
     """Random seed (initialisation, frame order, densification samples)."""
 
     def __post_init__(self) -> None:

@@ -14,11 +14,12 @@ step, so a resumed run draws the same frames as an uninterrupted one.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
 
+from talkgs.configlib import COUNT, FRACTION, Range
 from talkgs.models.contract import FramePool, Sampler, SamplerConfig
 from talkgs.models.registry import register
 
@@ -49,6 +50,10 @@ class UniformSampler(Sampler):
         return [self.pool.position(frame_order(n, self.seed, step * k + j)) for j in range(k)]
 
 
+WINDOW = Range(-1, 2)
+"""Sampling-window bounds on the [0, 1]-normalised metric (beyond -1..2 a window holds every frame or none)."""
+
+
 @dataclass(frozen=True)
 class IncrementalConfig(SamplerConfig):
     """``sampler/incremental``: frames chosen by a motion metric inside a sliding window.
@@ -70,19 +75,19 @@ class IncrementalConfig(SamplerConfig):
     normalize: Literal["percentile", "clip"] = "percentile"
     """``percentile``: ``(v - P_lo) / (P_hi - P_lo)`` clipped to [0, 1] with the identity's
     ``percentiles``; ``clip``: ``(clip(v, a, b) - a) / (b - a)`` with ``clip_range``."""
-    percentiles: tuple[float, float] = (25.0, 95.0)
-    clip_range: tuple[float, float] = (0.0, 2.0)
-    low: float = 1.0
+    percentiles: tuple[Annotated[float, Range(0, 100)], Annotated[float, Range(0, 100)]] = (25.0, 95.0)
+    clip_range: tuple[Annotated[float, Range(-100, 100)], Annotated[float, Range(-100, 100)]] = (0.0, 2.0)
+    low: Annotated[float, WINDOW] = 1.0
     """Window lower bound at t = 0."""
-    high: float = 1.0
+    high: Annotated[float, WINDOW] = 1.0
     """Window upper bound at t = 0."""
-    low_end: float = 0.0
+    low_end: Annotated[float, WINDOW] = 0.0
     """Window lower bound at t = 1."""
-    high_end: float = 1.0
+    high_end: Annotated[float, WINDOW] = 1.0
     """Window upper bound at t = 1."""
-    every: int = 1
+    every: Annotated[int, COUNT] = 1
     """The window applies on steps with ``local_step % every == 0`` (others are uniform)."""
-    until: float = 1.0
+    until: Annotated[float, FRACTION] = 1.0
     """Fraction of the phase over which the window slides; afterwards all steps are uniform."""
 
     def __post_init__(self) -> None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from talkgs.configlib import WIDTH
 from talkgs.models.conditioning.base import ConditionConfig, FrameCondition
 from talkgs.models.registry import ComponentConfig, build, register
 
@@ -28,7 +29,7 @@ class WindowConvConfig(AudioEncoderConfig):
     """``audio_encoder/window_conv`` (AD-NeRF / ER-NeRF AudioNet)."""
 
     name: str = "window_conv"
-    hidden: int = 64
+    hidden: Annotated[int, WIDTH] = 64
     """Channels of the convolutions and the MLP."""
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 from torch import Tensor, nn
 
+from talkgs.configlib import POSITIVE, Range
 from talkgs.models.conditioning.base import ConditionConfig, FrameCondition
 from talkgs.models.registry import register
 
@@ -19,9 +21,9 @@ class EyeConfig(ConditionConfig):
     """``condition/eye``: AU45 blink token."""
 
     name: str = "eye"
-    num_freqs: int = 4
+    num_freqs: Annotated[int, Range(0, 32)] = 4
     """Sinusoidal frequencies of the AU45 encoding."""
-    max_au: float = 5.0
+    max_au: Annotated[float, POSITIVE] = 5.0
     """AU45 scale maximum (FACS 0-5)."""
 
 

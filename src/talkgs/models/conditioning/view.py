@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch import Tensor, nn
 
+from talkgs.configlib import WIDTH
 from talkgs.models.conditioning.base import ConditionConfig, FrameCondition
 from talkgs.models.registry import register
 
@@ -19,7 +20,7 @@ class ViewConfig(ConditionConfig):
     """``condition/view``: the viewpoint token."""
 
     name: str = "view"
-    hidden: int = 64
+    hidden: Annotated[int, WIDTH] = 64
     """Hidden width of the pose MLP."""
 
 

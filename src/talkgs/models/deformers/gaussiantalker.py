@@ -12,11 +12,12 @@ The heads' last layers are zero-initialised: the deformer is exactly the identit
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from talkgs.configlib import NON_NEGATIVE, WIDTH, Range
 from talkgs.models.canonical import mlp
 from talkgs.models.gaussians import ATTRIBUTES, GaussianAttributes
 from talkgs.models.registry import ComponentConfig, register
@@ -39,21 +40,21 @@ class SpatialAudioAttentionConfig(DeformerConfig):
     """``deformer/spatial_audio_attention``: GaussianTalker's deformer (appendix A.1.3)."""
 
     name: str = "spatial_audio_attention"
-    dim: int = 64
+    dim: Annotated[int, WIDTH] = 64
     """Attention width."""
-    layers: int = 2
+    layers: Annotated[int, Range(0, 16)] = 2
     """Cross-attention + FFN blocks L (paper: 2; GaussianTalker* lite: 1)."""
-    heads: int = 4
+    heads: Annotated[int, Range(1, 64)] = 4
     """Attention heads."""
-    ffn_dim: int = 128
+    ffn_dim: Annotated[int, WIDTH] = 128
     """FFN hidden width."""
-    head_hidden: int = 64
+    head_hidden: Annotated[int, WIDTH] = 64
     """Hidden width of the offset heads psi_*."""
-    head_layers: int = 1
+    head_layers: Annotated[int, Range(0, 16)] = 1
     """Hidden layers of each offset head."""
     attributes: tuple[str, ...] = ATTRIBUTES
     """Attributes that get offsets (means, quats, log_scales, opacity_logits, sh)."""
-    offset_scales: dict[str, float] = field(
+    offset_scales: dict[str, Annotated[float, NON_NEGATIVE]] = field(
         default_factory=lambda: {"means": 0.02, "quats": 0.1, "log_scales": 0.1, "opacity_logits": 0.5, "sh": 0.5}
     )
     """Factor on each offset head's output (``means``: x the scene extent, the initial cloud's

@@ -28,10 +28,12 @@ and small); Δμ is scaled by 0.1 x the scene extent (the official 1e-2 in its �
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
 from torch import Tensor, nn
 
+from talkgs.configlib import NON_NEGATIVE, POSITIVE, WIDTH, Range
 from talkgs.models.conditioning.audio import AudioWindowEncoder, WindowConvConfig
 from talkgs.models.encoders.hashgrid import TriplaneHashGrid, TriplaneHashGridConfig
 
@@ -99,21 +101,21 @@ class FaceMotionConfig:
     """Tri-plane hash grid (12 levels x 1 feature per plane, resolution 16 → 38.4)."""
     audio: WindowConvConfig = field(default_factory=WindowConvConfig)
     """Per-frame audio window encoder."""
-    audio_dim: int = 32
+    audio_dim: Annotated[int, WIDTH] = 32
     """Audio feature size (TalkingGaussian: 32)."""
-    exp_hidden: int = 16
+    exp_hidden: Annotated[int, WIDTH] = 16
     """Hidden width of the expression encoder MLP (5 → 16 → 5 there; here E → 16 → E)."""
-    audio_att_hidden: int = 32
+    audio_att_hidden: Annotated[int, WIDTH] = 32
     """Hidden width of the audio region-attention MLP (36 → 32 → 32)."""
-    exp_att_hidden: int = 16
+    exp_att_hidden: Annotated[int, WIDTH] = 16
     """Hidden width of the expression region-attention MLP (36 → 16 → E+1)."""
-    hidden: int = 64
+    hidden: Annotated[int, WIDTH] = 64
     """Width of MLP_σ (74 → 64 → 64 → 11)."""
-    layers: int = 3
+    layers: Annotated[int, Range(1, 16)] = 3
     """Layers of MLP_σ."""
-    offset_scale: float = 0.1
+    offset_scale: Annotated[float, NON_NEGATIVE] = 0.1
     """Δμ = output x offset_scale x scene extent."""
-    blink_max: float = 2.0
+    blink_max: Annotated[float, POSITIVE] = 2.0
     """AU45 is clipped to [0, blink_max] (TalkingGaussian: 2) before it joins the expression."""
 
 
@@ -124,13 +126,13 @@ class MouthMotionConfig:
     grid: TriplaneHashGridConfig = field(default_factory=lambda: TriplaneHashGridConfig(base_resolution=64.0, max_resolution=57.6))
     """Tri-plane hash grid (TalkingGaussian: resolution 64 → 57.6, all levels dense)."""
     audio: WindowConvConfig = field(default_factory=WindowConvConfig)
-    audio_dim: int = 32
-    hidden: int = 32
+    audio_dim: Annotated[int, WIDTH] = 32
+    hidden: Annotated[int, WIDTH] = 32
     """Width of MLP_σ (68 → 32 → 32 → 3)."""
-    layers: int = 3
-    offset_scale: float = 0.1
+    layers: Annotated[int, Range(1, 16)] = 3
+    offset_scale: Annotated[float, NON_NEGATIVE] = 0.1
     """Δμ = output x offset_scale x scene extent."""
-    xz_damping: float = 0.2
+    xz_damping: Annotated[float, NON_NEGATIVE] = 0.2
     """Factor on the x and z components of Δμ (TalkingGaussian: 1/5)."""
 
 

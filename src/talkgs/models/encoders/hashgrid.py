@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 from torch import Tensor, nn
 
+from talkgs.configlib import NON_NEGATIVE, Range
 from talkgs.models.encoders.triplane import SpatialEncoderConfig
 from talkgs.models.registry import register
 
@@ -129,17 +131,17 @@ class TriplaneHashGridConfig(SpatialEncoderConfig):
     """``spatial_encoder/triplane_hashgrid``: three 2-D hash grids (xy, yz, xz), concatenated."""
 
     name: str = "triplane_hashgrid"
-    levels: int = 12
+    levels: Annotated[int, Range(1, 32)] = 12
     """Resolution levels per plane (TalkingGaussian: 12)."""
-    features: int = 1
+    features: Annotated[int, Range(1, 64)] = 1
     """Features per level (TalkingGaussian: 1)."""
-    log2_size: int = 17
+    log2_size: Annotated[int, Range(4, 26)] = 17
     """log2 of the table size per level (TalkingGaussian: 17)."""
-    base_resolution: float = 16.0
+    base_resolution: Annotated[float, Range(1, 8192)] = 16.0
     """Coarsest resolution across the box (TalkingGaussian face: 16; inside-mouth: 64)."""
-    max_resolution: float = 38.4
+    max_resolution: Annotated[float, Range(1, 8192)] = 38.4
     """Finest resolution across the box (TalkingGaussian face: 256 x bound 0.15 = 38.4; inside-mouth: 57.6)."""
-    init_scale: float = 1e-4
+    init_scale: Annotated[float, NON_NEGATIVE] = 1e-4
     """Tables start uniform in [-init_scale, init_scale]."""
 
 

@@ -13,12 +13,13 @@ Paper (appendix A.1.1): ``H = 64`` features, base resolution ``R = 64`` upsample
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from talkgs.configlib import NON_NEGATIVE, WIDTH, Range
 from talkgs.models.registry import ComponentConfig, register
 
 __all__ = ["Triplane", "TriplaneConfig", "SpatialEncoderConfig"]
@@ -38,15 +39,15 @@ class TriplaneConfig(SpatialEncoderConfig):
     """``spatial_encoder/triplane``: GaussianTalker's multi-resolution triplane."""
 
     name: str = "triplane"
-    channels: int = 32
+    channels: Annotated[int, WIDTH] = 32
     """Channels per plane and resolution (feature size = channels x len(multires))."""
-    resolution: int = 64
+    resolution: Annotated[int, Range(1, 1024)] = 64
     """Base resolution R (paper: 64)."""
-    multires: tuple[int, ...] = (1, 2)
+    multires: tuple[Annotated[int, Range(1, 64)], ...] = (1, 2)
     """Resolution multipliers (paper: R upsampled x2 → (1, 2))."""
-    init_low: float = 0.1
+    init_low: Annotated[float, NON_NEGATIVE] = 0.1
     """Planes start uniform in [init_low, init_high] (K-planes)."""
-    init_high: float = 0.5
+    init_high: Annotated[float, NON_NEGATIVE] = 0.5
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from talkgs.configlib import WIDTH
 from talkgs.models.canonical import CanonicalConfig, TriplaneMLPConfig
 from talkgs.models.conditioning.audio import AudioTokenConfig
 from talkgs.models.conditioning.base import ConditionConfig, FrameCondition
@@ -60,7 +61,7 @@ class ConditionParams:
     tokens: tuple[ConditionConfig, ...] = (AudioTokenConfig(), EyeConfig(), ViewConfig(), NullConfig())
     """Tokens, in order (registered ``condition`` components, by name or ``{name: ..., options}``):
     ``audio`` (the audio window encoder), ``eye`` (AU45), ``view`` (head pose), ``null``."""
-    dim: int = 64
+    dim: Annotated[int, WIDTH] = 64
     """Token size D."""
 
     def __post_init__(self) -> None:

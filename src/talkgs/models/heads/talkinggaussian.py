@@ -44,11 +44,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
+from talkgs.configlib import COUNT, NON_NEGATIVE, SH_DEGREE, Range
 from talkgs.models.contract import (
     Batch,
     BuildContext,
@@ -86,7 +87,7 @@ class TalkingGaussianOptions:
     torso frame (inference always fuses)."""
     deform: bool = True
     """Apply the motion networks (False: the static warm-up)."""
-    hair_every: int = 7
+    hair_every: Annotated[int, COUNT] = 7
     """Face branch, deforming: hair is supervised on steps ``local_step % hair_every == 0`` only
     (TalkingGaussian: 1 of 7); 1 = always."""
     background: tuple[float, float, float] = (0.0, 1.0, 0.0)
@@ -109,17 +110,17 @@ class TalkingGaussianHeadConfig(HeadConfig):
     """Initial face Gaussians (labels face, hair, eyes, lips + the torso frame's cut-out)."""
     mouth_init: InitParams = field(default_factory=lambda: InitParams(points=4000, max_gaussians=20000, reference_frames=16))
     """Initial inside-mouth Gaussians."""
-    mouth_budget: float = 0.25
+    mouth_budget: Annotated[float, Range(0, 1, lo_open=True, hi_open=True)] = 0.25
     """A hardware preset's Gaussian budget gives the mouth this fraction of the face's."""
-    mouth_depth: float = 0.12
+    mouth_depth: Annotated[float, NON_NEGATIVE] = 0.12
     """Inside-mouth points start this far behind the lips (x head radius)."""
-    sh_degree: int = 2
+    sh_degree: Annotated[int, SH_DEGREE] = 2
     """SH degree of both sets (TalkingGaussian: 2)."""
     face: FaceMotionConfig = field(default_factory=FaceMotionConfig)
     mouth: MouthMotionConfig = field(default_factory=MouthMotionConfig)
-    grid_margin: float = 0.15
+    grid_margin: Annotated[float, NON_NEGATIVE] = 0.15
     """The hash grids' box is the initial clouds' box grown by this fraction per side."""
-    audio_context: int = 8
+    audio_context: Annotated[int, Range(1, 1024, unit="frames")] = 8
     """Neighbouring audio windows smoothed by the attention (TalkingGaussian: 8)."""
 
     def __post_init__(self) -> None:
