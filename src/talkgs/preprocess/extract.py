@@ -23,7 +23,8 @@ How it works (two decoding passes, both streamed through a pipe; the clip is nev
    JPEG-encodes.
 
 Input policy (every error is an :class:`~talkgs.preprocess.errors.InputError` reading
-``"<file>: <what is wrong>. <how to fix>"``, raised before anything is written):
+``"<file>: <what is wrong>. <how to fix>"``, raised before anything is written; the checks that
+need no frame decoded are :func:`probe_input`, which ``talkgs add-subject`` runs too):
 
 - no audio track, silent audio, shorter than ``min_duration_s``, unreadable/corrupt or
   truncated file, no face (or a face in too few frames), several faces of similar size: error.
@@ -430,22 +431,26 @@ def choose_crop(faces: FaceSamples, frame_w: int, frame_h: int, params: ExtractP
 # the stage
 
 
-def extract(video: Path, out_dir: Path, params: ExtractParams, *, progress: bool = True) -> dict[str, Any]:
-    """Extract frames, audio and ``meta.json`` from ``video`` into ``out_dir`` (atomically).
+@dataclass(frozen=True)
+class ProbedInput:
+    """What :func:`probe_input` learnt about a video (nothing decoded but the audio)."""
 
-    Returns the meta dict (also written to ``out_dir/meta.json``). Raises
-    :class:`~talkgs.preprocess.errors.InputError` for unusable input; nothing is written then.
+    info: VideoProbe
+    timing: Timing
+    audio: np.ndarray
+    """``float32 [S]`` mono at ``sample_rate``, sample 0 = the time of the first video frame."""
+    levels: dict[str, float]
+    """:func:`audio_levels` of the audio over the video's duration."""
+
+
+def probe_input(video: Path, params: ExtractParams) -> ProbedInput:
+    """The input checks of the extract stage that need no frame decoded: a readable video
+    stream, not truncated, at least ``min_duration_s`` long, an audio track that decodes and
+    is not silent. ``talkgs add-subject`` runs them before copying a video in.
+
+    Raises :class:`~talkgs.preprocess.errors.InputError` (``"<file>: <what>. <fix>"``).
     """
-    import cv2
-
-    t_start = time.perf_counter()
-    video, out_dir = Path(video), Path(out_dir)
-    warnings: list[str] = []
-
-    def warn(msg: str) -> None:
-        warnings.append(msg)
-        log.warning("%s: %s", video, msg)
-
+    video = Path(video)
     if not video.is_file():
         raise InputError(f"{video}: file not found. Check the subject's `video` path in params.yaml.")
     try:
@@ -475,19 +480,6 @@ def extract(video: Path, out_dir: Path, params: ExtractParams, *, progress: bool
             f"{video}: the video is {timing.duration_s:.2f} s long, shorter than extract.min_duration_s="
             f"{params.min_duration_s:g} s. Use a longer clip (a few seconds to minutes of one person talking)."
         )
-    if info.quarter_turns:
-        log.info("%s: rotation metadata %+g° applied (frames come out upright, as players show them)", video, info.rotation)
-    if timing.vfr:
-        iv = timing.interval_ms
-        warn(
-            f"variable frame rate: frame intervals {iv['min']:.1f}-{iv['max']:.1f} ms (median {iv['median']:.1f}, "
-            f"std {iv['std']:.1f} ms; {timing.n_irregular} of {timing.n_packets - 1} intervals off the median by more "
-            f"than {100 * params.vfr_tolerance:g}%); resampled to constant "
-            f"{params.fps} fps (each output frame shows the source frame on screen at its time)"
-        )
-    elif abs(timing.measured_fps - params.fps) > 0.01 * params.fps:
-        log.info("%s: %.3f fps resampled to %d fps", video, timing.measured_fps, params.fps)
-
     # audio: decode, check, align (sample 0 of the output = time of frame 0)
     try:
         audio_full = read_audio(video, params.sample_rate)
@@ -504,6 +496,40 @@ def extract(video: Path, out_dir: Path, params: ExtractParams, *, progress: bool
             f"extract.silence_dbfs={params.silence_dbfs:g}). talkgs needs the person's speech: use the original "
             "recording with sound."
         )
+    return ProbedInput(info=info, timing=timing, audio=audio, levels=levels)
+
+
+def extract(video: Path, out_dir: Path, params: ExtractParams, *, progress: bool = True) -> dict[str, Any]:
+    """Extract frames, audio and ``meta.json`` from ``video`` into ``out_dir`` (atomically).
+
+    Returns the meta dict (also written to ``out_dir/meta.json``). Raises
+    :class:`~talkgs.preprocess.errors.InputError` for unusable input; nothing is written then.
+    """
+    import cv2
+
+    t_start = time.perf_counter()
+    video, out_dir = Path(video), Path(out_dir)
+    warnings: list[str] = []
+
+    def warn(msg: str) -> None:
+        warnings.append(msg)
+        log.warning("%s: %s", video, msg)
+
+    probed = probe_input(video, params)
+    info, timing, audio, levels = probed.info, probed.timing, probed.audio, probed.levels
+    if info.quarter_turns:
+        log.info("%s: rotation metadata %+g° applied (frames come out upright, as players show them)", video, info.rotation)
+    if timing.vfr:
+        iv = timing.interval_ms
+        warn(
+            f"variable frame rate: frame intervals {iv['min']:.1f}-{iv['max']:.1f} ms (median {iv['median']:.1f}, "
+            f"std {iv['std']:.1f} ms; {timing.n_irregular} of {timing.n_packets - 1} intervals off the median by more "
+            f"than {100 * params.vfr_tolerance:g}%); resampled to constant "
+            f"{params.fps} fps (each output frame shows the source frame on screen at its time)"
+        )
+    elif abs(timing.measured_fps - params.fps) > 0.01 * params.fps:
+        log.info("%s: %.3f fps resampled to %d fps", video, timing.measured_fps, params.fps)
+    expected_frames = max(1, int(round(timing.duration_s * params.fps)))
     if levels["active_fraction"] < 0.2:
         warn(f"audio is mostly quiet: only {100 * levels['active_fraction']:.0f}% of 50 ms windows are within 40 dB of the loudest")
 
