@@ -46,8 +46,10 @@ def cmd_make_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_add_subject(args: argparse.Namespace) -> int:
+    from talkgs.configlib import FRAME_PIXELS
     from talkgs.subjects import add_subject
 
+    _check_options(args, resolution=FRAME_PIXELS)
     dest = add_subject(
         args.name, args.video, resolution=args.resolution, force=args.force,
         params_file=args.root / "params.yaml", dvc_track=not args.no_dvc,
@@ -64,8 +66,20 @@ def cmd_subjects(args: argparse.Namespace) -> int:
     kind = args.command  # "subjects" or "audios"
     built, catalog = subjects.GROUPS[kind]
     pf = args.root / "params.yaml"
-    if args.action in ("enable", "disable") and not args.names and not args.all:
-        raise ConfigError(f"`talkgs {kind} {args.action}` needs names (or --all with enable)")
+    if args.action in ("enable", "disable", "remove") and not args.names and not args.all:
+        raise ConfigError(f"`talkgs {kind} {args.action}` needs names" + (" (or --all with enable)" if args.action == "enable" else ""))
+    if args.action == "remove":
+        if kind != "subjects":
+            raise ConfigError("`remove` is for subjects; foreign audios are disabled with `talkgs audios disable NAME`")
+        if args.all:
+            raise ConfigError("`talkgs subjects remove` takes names, not --all")
+        plan = subjects.remove_subjects(args.names, pf, apply=args.yes)
+        print("\n".join(f"  {line}" for line in plan))
+        if not args.yes:
+            print(f"nothing removed: rerun with --yes to remove {', '.join(args.names)} as listed above")
+            return 2
+        print(f"removed: {', '.join(args.names)}")
+        return 0
     if args.action == "enable":
         names = sorted(getattr(_params(args), catalog)) if args.all else args.names
         moved = subjects.enable(names, pf, kind=kind)
@@ -207,12 +221,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_make_demo)
 
     s = sub.add_parser("add-subject", help="bring your own talking-portrait video in as a subject",
-                       description="Copy VIDEO to data/raw/NAME.<ext>, track it with `dvc add`, and register it "
-                       "under `subjects` in params.yaml so `dvc repro` builds it.")  # fmt: skip
+                       description="Check VIDEO (a readable video stream, long enough, an audio track that is not "
+                       "silent: the checks extract makes before decoding frames), copy it to data/raw/NAME.<ext>, track it "
+                       "with `dvc add`, and register it under `subjects` in params.yaml so `dvc repro` builds it. Nothing "
+                       "is written when a check or a step fails.")  # fmt: skip
     s.add_argument("name", help="subject name: lower-case letters, digits, '_'")
     s.add_argument("video", type=Path, help="path of the video (mp4, mov, mkv, webm)")
     s.add_argument("--resolution", type=int, default=None, help="override extract.resolution for this subject")
-    s.add_argument("--force", action="store_true", help="replace an existing subject of that name")
+    s.add_argument("--force", action="store_true",
+                   help="replace an existing subject of that name (never a file another stage produces, e.g. the demo clip)")  # fmt: skip
     s.add_argument("--no-dvc", action="store_true", help="do not run `dvc add` (e.g. outside a DVC repo)")
     s.set_defaults(func=cmd_add_subject)
 
@@ -220,10 +237,17 @@ def build_parser() -> argparse.ArgumentParser:
         s = sub.add_parser(kind, help=f"list {what}; enable/disable opt-in {cat} entries",
                            description=f"`talkgs {kind}` lists enabled and {cat} {what}; `enable NAME...` (or "
                            f"`enable --all`) moves {cat} entries into `{kind}` so `dvc repro` builds them; "
-                           "`disable NAME...` moves them back.")  # fmt: skip
-        s.add_argument("action", nargs="?", choices=["list", "enable", "disable"], default="list")
+                           "`disable NAME...` moves them back."
+                           + (" `remove NAME... --yes` deletes subjects: the params entry and, for a video "
+                              "add-subject copied in, data/raw/NAME.<ext> and its .dvc file (without --yes: "
+                              "what it would delete, exit 2)." if kind == "subjects" else ""))  # fmt: skip
+        actions = ["list", "enable", "disable", *(["remove"] if kind == "subjects" else [])]
+        s.add_argument("action", nargs="?", choices=actions, default="list")
         s.add_argument("names", nargs="*", help="names")
         s.add_argument("--all", action="store_true", help=f"with enable: every {cat} entry")
+        if kind == "subjects":
+            s.add_argument("--yes", action="store_true",
+                           help="with remove: really remove (without it, remove lists what it would delete and exits 2)")  # fmt: skip
         s.set_defaults(func=cmd_subjects)
 
     for name, text in (
