@@ -49,8 +49,8 @@ def prefect_env(root: Path) -> None:
 
 
 def _subprocess_env() -> dict[str, str]:
-    """Environment for dvc: the running interpreter's bin dir first on PATH, so the stages'
-    ``python stages/...`` commands use the same virtualenv as this process."""
+    """Environment for dvc: the running interpreter's bin dir first on PATH (the stage commands
+    pick dvc's interpreter themselves, ``stages/python.sh``; tools they call find this venv's too)."""
     env = dict(os.environ)
     bindir = str(Path(sys.executable).parent)
     env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
