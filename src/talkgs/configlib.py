@@ -141,8 +141,8 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         base, *extras = get_args(tp)
         out = _convert(base, value, where)
         for r in extras:
-            if isinstance(r, Range):
-                r.check(out, where, integer=_is_int_type(base))
+            if isinstance(r, Range):  # the value as written (an int given for a float shows as written)
+                r.check(value if isinstance(value, (int, float)) else out, where, integer=_is_int_type(base))
         return out
     if origin in (typing.Union, types.UnionType):
         args = get_args(tp)
