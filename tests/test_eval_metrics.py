@@ -205,12 +205,14 @@ def test_fid_inception_loads_pytorch_fid_state_dict(tmp_path, monkeypatch) -> No
 # efficiency
 
 
-def test_efficiency_metrics_from_training_outputs(tmp_path) -> None:
-    curves = tmp_path / "curves.csv"
-    curves.write_text("step,phase,loss,gaussians,it_s,elapsed_s\n10,canonical,0.5,100,3.0,3.5\n20,deform,0.4,120,2.5,7.25\n")
+def test_efficiency_metrics_from_the_timings(tmp_path) -> None:
+    t = tmp_path / "train.json"  # what talkgs.train.loop.train writes to its timings file
+    t.write_text('{"elapsed_s": 7.25, "steps": 20, "it_s": 2.76, "phases": {}, "finished": true}')
     (tmp_path / "timing.json").write_text('{"fps": 41.5, "device": "cpu", "resolution": 256}')
-    m = efficiency_metrics(curves, tmp_path / "timing.json")
+    m = efficiency_metrics(t, tmp_path / "timing.json")
     assert m == {"train.time_s": 7.25, "train.steps": 20, "render.fps": 41.5, "render.device": "cpu", "render.resolution": 256}
     assert efficiency_metrics(timing_json={"fps": 3.0}) == {"render.fps": 3.0}
-    m = efficiency_metrics(tmp_path / "absent.csv", tmp_path / "absent.json")
+    m = efficiency_metrics(tmp_path / "absent.json", tmp_path / "absent.json")
     assert is_unavailable(m["train.time_s"]) and is_unavailable(m["render.fps"])
+    m = efficiency_metrics({"elapsed_s": None, "steps": 20, "reason": "not recorded"})
+    assert is_unavailable(m["train.time_s"]) and "not recorded" in m["train.time_s"]["reason"]

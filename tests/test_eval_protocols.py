@@ -189,18 +189,20 @@ def test_end_to_end_on_a_tiny_trained_model(tiny_subject_dir, tmp_path, no_weigh
     from talkgs.train.loop import train
 
     model = tmp_path / "models" / "tiny" / "static"
-    train(tiny_subject_dir, model, tiny_variant_of("static", steps_per_phase=2), progress=False)
+    timings = tmp_path / "timings" / "train.json"
+    train(tiny_subject_dir, model, tiny_variant_of("static", steps_per_phase=2), progress=False, timings=timings)
     wav = speech_like_wav(tmp_path / "foreign.wav", 0.5, seed=3)
     renders = tmp_path / "renders" / "tiny" / "static"
     m = evaluate_variant(tiny_subject_dir, model, renders, metrics_path(tmp_path / "metrics", "tiny", "static"),
-                         subject="tiny", variant="static", foreign_audios={"other": wav})  # fmt: skip
+                         subject="tiny", variant="static", foreign_audios={"other": wav}, train_timings=timings)  # fmt: skip
     idx, _ = test_split(tiny_subject_dir)
     assert m["self.frames"] == len(idx) and m["self.first_frame"] == idx[0]
     assert 0 < m["self.psnr_full"] < 60 and -1 <= m["self.ssim_full"] <= 1
     assert is_unavailable(m["self.lmd_mouth"]) and "MediaPipe finds the face" in m["self.lmd_mouth"]["reason"]
     assert m["train.time_s"] > 0 and m["render.fps"] > 0 and m["cross.other.frames"] == 12
     assert is_unavailable(m["cross.lse_c"]) and "self-driven" in m["protocol"] and "cross-driven" in m["protocol"]
-    assert json.loads((renders / "timing.json").read_text())["fps"] == m["render.fps"]
+    assert m["train.time_s"] == json.loads(timings.read_text())["elapsed_s"]
+    assert not (renders / "timing.json").exists(), "no wall-clock value in the renders (a DVC output)"
     info = probe(renders / "comparison.mp4")
     assert info.width == 3 * 32 and info.has_audio
     assert probe(renders / "cross_other.mp4").has_audio

@@ -41,7 +41,7 @@ def test_every_variant_trains_a_few_steps(name, tiny_subject, tiny_variant, tmp_
     assert from_dict(VariantParams, cfg["variant"]) == v  # the resolved config round-trips
     assert from_dict(VariantParams, yaml.safe_load(yaml.safe_dump(to_dict(v)))) == v
     rows = list(csv.DictReader((tmp_path / "curves.csv").open()))
-    assert rows and {"step", "phase", "loss", "gaussians", "it_s", "loss_l1"} <= set(rows[0])
+    assert rows and {"step", "phase", "loss", "gaussians", "loss_l1"} <= set(rows[0]) and not {"it_s", "elapsed_s"} & set(rows[0])
     phases = {p.name for p in v.phases}
     assert {r["phase"] for r in rows} <= phases
     weighted = {n for p in v.phases for n, w in p.losses.items() if w > 0}
@@ -82,9 +82,33 @@ def test_killed_run_resumes_to_the_same_result(tiny_subject, tiny_variant, tmp_p
     # a finished run returns at once; another seed starts over
     again = train(tiny_subject, a, v, progress=False, seed=3)
     assert again["steps"] == 8 and again["wall_s_this_run"] < full["wall_s_this_run"] + 5
-    c_full = (tmp_path / "full" / "curves.csv").read_text().splitlines()
-    c_res = (a / "curves.csv").read_text().splitlines()
-    assert [r.split(",")[:6] for r in c_full] == [r.split(",")[:6] for r in c_res]  # same losses (timings differ)
+    for f in ("checkpoint.pt", "curves.csv", "config.yaml"):  # no timings in them: the same bytes
+        assert (tmp_path / "full" / f).read_bytes() == (a / f).read_bytes(), f
+
+
+def test_timings_go_to_their_own_file(tiny_subject, tiny_variant, tmp_path) -> None:
+    """The training time is in the timings json, not in the outputs: two runs write identical
+    outputs; a resumed finished run keeps the recorded time (or says why it has none)."""
+    import json
+
+    v = tiny_variant("gaussiantalker", steps_per_phase=3)
+    t1, t2 = tmp_path / "t1.json", tmp_path / "t2.json"
+    train(tiny_subject, tmp_path / "a", v, progress=False, timings=t1)
+    train(tiny_subject, tmp_path / "b", v, progress=False, timings=t2)
+    for f in ("checkpoint.pt", "curves.csv", "config.yaml"):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    ck = load_checkpoint(tmp_path / "a" / "checkpoint.pt")
+    assert ck["timing"] is None and "elapsed_s" not in ck and all("it_s" not in r for r in ck["curves"])
+    rec = json.loads(t1.read_text())
+    assert rec["elapsed_s"] > 0 and rec["steps"] == v.total_iterations and rec["finished"]
+    assert set(rec["phases"]) == {p.name for p in v.phases} and sum(p["steps"] for p in rec["phases"].values()) == rec["steps"]
+    before = t1.read_text()
+    train(tiny_subject, tmp_path / "a", v, progress=False, timings=t1)  # finished: nothing to train
+    assert t1.read_text() == before, "the time of the run that trained it is kept"
+    t3 = tmp_path / "t3.json"
+    train(tiny_subject, tmp_path / "a", v, progress=False, timings=t3)
+    rec3 = json.loads(t3.read_text())
+    assert rec3["elapsed_s"] is None and "had finished before this run" in rec3["reason"]
 
 
 def test_checkpoint_is_versioned_and_checked(tmp_path) -> None:
@@ -116,7 +140,7 @@ def test_params_yaml_variants_and_presets_parse_strictly() -> None:
     static_cpu = dataclasses.replace(tp, preset="cpu").variant("static")
     assert [p.iterations for p in static_cpu.phases] == [cpu.total_iterations] == [4000]
     assert static_cpu.phases[0].densify.refine_stop == 2 * cpu.phases[0].densify.refine_stop == 1500
-    with pytest.raises(ConfigError, match="iteration scales must be > 0"):
+    with pytest.raises(ConfigError, match=r"phase_iteration_scale\.deformation: 0 is out of range: use a number in \(0, 1000\]"):
         from_dict(TrainParams, {"variants": {"v": {}}, "presets": {"x": {"phase_iteration_scale": {"deformation": 0}}}})
     with pytest.raises(ConfigError, match="Did you mean 'deformation'"):
         from_dict(TrainParams, {"variants": {"v": {}}, "presets": {"x": {"phase_iteration_scale": {"deformaton": 2.0}}}})

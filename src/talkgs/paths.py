@@ -17,6 +17,8 @@ renders/<subject>/<variant>@fewshot<sec>/  test/, comparison.mp4            (sta
 metrics/subjects/<subject>/       <variant>.json, ground_truth.json        (stages evaluate, ground_truth)
                                   <variant>@fewshot<sec>.json              (stage evaluate_fewshot)
 metrics/tables/                   self_driven, cross_driven, few_shot .md/.csv (stage report)
+metrics/timings/<stage>/...json   wall-clock times of track, features, train, pretrain (cache: false;
+                                  never in the outputs above, so a rerun gives the same bytes)
 ```
 """
 
@@ -29,6 +31,7 @@ DEMO_VIDEO = RAW / "demo.mp4"
 DEMO_SPEECH2 = RAW / "demo_speech2.wav"
 METRICS_RUNS = Path("metrics/subjects")
 TABLES = Path("metrics/tables")
+TIMINGS = Path("metrics/timings")
 
 
 def subject_dir(subject: str, root: Path = Path(".")) -> Path:
@@ -72,6 +75,12 @@ def metrics_file(subject: str, variant: str, root: Path = Path("."), fewshot: fl
     from talkgs.eval.report import metrics_path
 
     return metrics_path(root / METRICS_RUNS, subject, variant, fewshot)
+
+
+def timings_file(stage: str, name: str, root: Path = Path(".")) -> Path:
+    """``metrics/timings/<stage>/<name>.json``: a stage's wall-clock times, outside its outputs
+    (``name``: the subject, ``<subject>/<run>`` for train, the variant for pretrain)."""
+    return root / TIMINGS / stage / f"{name}.json"
 
 
 def train_plot(subject: str, variant: str, root: Path = Path(".")) -> Path:

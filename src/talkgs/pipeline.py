@@ -59,7 +59,7 @@ def track(params: Params, subject: str, root: Path, *, progress: bool = True) ->
     from talkgs.preprocess.track import track as _track
 
     out = paths.track_dir(subject, root)
-    report = _track(paths.extract_dir(subject, root), out, params.track, progress=progress)
+    report = _track(paths.extract_dir(subject, root), out, params.track, progress=progress, timings=paths.timings_file("track", subject, root))
     log.info("track %s -> %s", subject, out)
     return report
 
@@ -69,8 +69,9 @@ def features(params: Params, subject: str, root: Path, *, progress: bool = True)
 
     out = paths.features_dir(subject, root)
     summary = build_features(
-        paths.extract_dir(subject, root), paths.track_dir(subject, root), out, params.features, progress=progress
-    )
+        paths.extract_dir(subject, root), paths.track_dir(subject, root), out, params.features, progress=progress,
+        timings=paths.timings_file("features", subject, root),
+    )  # fmt: skip
     log.info("features %s -> %s", subject, out)
     return summary
 
@@ -109,19 +110,22 @@ def train(params: Params, subject: str, variant: str, root: Path, *, progress: b
 
     v = params.train.variant(variant)
     init = _init_from(v, variant, root)
-    out = paths.model_dir(subject, run_name(variant, fewshot), root)
+    run = run_name(variant, fewshot)
+    out = paths.model_dir(subject, run, root)
+    timings = paths.timings_file("train", f"{subject}/{run}", root)
     if fewshot is not None:
         try:
             check_fewshot(paths.subject_dir(subject, root), fewshot)
         except FewShotUnavailable as e:
             with atomic_dir(out) as tmp:
                 write_json(tmp / "unavailable.json", {"seconds": fewshot, "reason": str(e)})
+            write_json(timings, {"elapsed_s": None, "reason": f"not trained: {e}"})
             log.warning("train %s/%s: not trained: %s", subject, out.name, e)
             return {"unavailable": str(e)}
     (out / "unavailable.json").unlink(missing_ok=True)  # a clip that became long enough
     result = _train(
         paths.subject_dir(subject, root), out, v, resume=True, progress=progress,
-        seed=params.train.seed, device=params.train.device, train_seconds=fewshot, init_from=init,
+        seed=params.train.seed, device=params.train.device, train_seconds=fewshot, init_from=init, timings=timings,
     )  # fmt: skip
     if fewshot is None:  # the training curves as a DVC plot (outside the persisted model folder)
         write_bytes(paths.train_plot(subject, variant, root), (out / "curves.csv").read_bytes())
@@ -155,10 +159,12 @@ def pretrain(params: Params, variant: str, root: Path, *, progress: bool = True)
     from talkgs.io.atomic import atomic_dir, write_json
 
     out = paths.pretrain_dir(variant, root)
+    timings = paths.timings_file("pretrain", variant, root)
     v = params.train.variant(variant)
     if not v.pretrain.subjects:
         with atomic_dir(out) as tmp:
             write_json(tmp / "none.json", {"variant": variant, "pretrained": False, "reason": f"train.variants.{variant} has no pretrain.subjects"})
+        write_json(timings, {"elapsed_s": None, "reason": f"not pretrained: train.variants.{variant} has no pretrain.subjects"})
         log.info("pretrain %s: no pretrain.subjects, nothing to train", variant)
         return {"pretrained": False}
     from talkgs.train.loop import train as _train
@@ -168,7 +174,7 @@ def pretrain(params: Params, variant: str, root: Path, *, progress: bool = True)
     (out / "none.json").unlink(missing_ok=True)
     result = _train(
         [paths.subject_dir(s, root) for s in v.pretrain.subjects], out, v.pretraining(), resume=True, progress=progress,
-        seed=params.train.seed, device=params.train.device,
+        seed=params.train.seed, device=params.train.device, timings=timings,
     )  # fmt: skip
     log.info("pretrain %s on %s -> %s", variant, ", ".join(v.pretrain.subjects), out)
     return result
@@ -203,6 +209,7 @@ def evaluate(params: Params, subject: str, variant: str, root: Path, *, progress
         subject=subject, variant=variant, foreign_audios=wavs, foreign_features=feats,
         resolution=e.resolution, weights=e.weights, device=params.train.device, fid=e.fid,
         comparison_video=e.comparison_video, progress=progress,
+        train_timings=paths.timings_file("train", f"{subject}/{variant}", root),
     )  # fmt: skip
     log.info("evaluate %s/%s: face PSNR %s, mouth LMD %s", subject, variant, metrics.get("self.psnr_face"), metrics.get("self.lmd_mouth"))
     return metrics
@@ -238,6 +245,7 @@ def _evaluate_fewshot(params: Params, subject: str, variant: str, root: Path, fe
         paths.subject_dir(subject, root), model, renders, metrics_json, subject=subject, variant=variant,
         resolution=e.resolution, weights=e.weights, device=params.train.device, fid=e.fid,
         comparison_video=e.comparison_video, progress=progress, extra=facts,
+        train_timings=paths.timings_file("train", f"{subject}/{run}", root),
     )  # fmt: skip
     log.info("evaluate %s/%s: face PSNR %s, mouth LMD %s", subject, run, metrics.get("self.psnr_face"), metrics.get("self.lmd_mouth"))
     return metrics

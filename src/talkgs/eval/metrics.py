@@ -22,7 +22,7 @@ Other metrics live in submodules and are re-exported here:
   mouth-opening correlations (the lip-sync measure that needs no weights), speech envelope.
 - :mod:`talkgs.eval.syncnet` -- SyncNet LSE-C / LSE-D (official ``syncnet_python`` procedure).
 - :mod:`talkgs.eval.fid` -- FID (pytorch-fid's Inception-v3 pool3 features + Fréchet distance).
-- :func:`efficiency_metrics` -- training time and render FPS from the training / rendering outputs.
+- :func:`efficiency_metrics` -- training time (the run's timings file) and render FPS.
 
 A metric whose weights are missing is reported as :func:`unavailable` ``{"status":
 "unavailable", "reason": ...}``, never as a number.
@@ -30,7 +30,6 @@ A metric whose weights are missing is reported as :func:`unavailable` ``{"status
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -225,15 +224,16 @@ class LPIPSMetric:
 
 
 def efficiency_metrics(
-    curves_csv: str | os.PathLike[str] | None = None,
+    train_timings: str | os.PathLike[str] | dict[str, Any] | None = None,
     timing_json: str | os.PathLike[str] | dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Training time and render speed, read from the training / rendering outputs.
+    """Training time and render speed.
 
     Args:
-        curves_csv: ``models/<S>/<V>/curves.csv`` of :func:`talkgs.train.loop.train`; the training
-            time is its largest ``elapsed_s`` (optimisation time summed over resumed runs, without
-            start-up and checkpoint writing).
+        train_timings: the training run's timings (a dict or the json file
+            :func:`talkgs.train.loop.train` writes, ``metrics/timings/train/<S>/<V>.json`` in the
+            pipeline): ``elapsed_s`` is the optimisation time summed over resumed runs, without
+            start-up and checkpoint writing; ``steps`` the steps trained.
         timing_json: the render timing, a dict or a json file holding ``fps`` (frames/s of model
             forward (deformation) + rasterisation, no decoding/encoding: what
             :func:`talkgs.synthesize.render_test` returns) and optionally ``device``/``resolution``.
@@ -243,18 +243,20 @@ def efficiency_metrics(
         (keys present for what was given; a missing file → :func:`unavailable` with the reason).
     """
     out: dict[str, Any] = {}
-    if curves_csv is not None:
-        p = Path(curves_csv)
-        if not p.is_file():
-            out["train.time_s"] = unavailable(f"{p} not found (train the variant first)")
-        else:
-            rows = list(csv.DictReader(p.open()))
-            el = [float(r["elapsed_s"]) for r in rows if r.get("elapsed_s") not in (None, "")]
-            if not el:
-                out["train.time_s"] = unavailable(f"{p} has no elapsed_s values")
+    if train_timings is not None:
+        t, where = (train_timings, "the training timings") if isinstance(train_timings, dict) else (None, Path(train_timings))
+        if t is None:
+            if not where.is_file():
+                out["train.time_s"] = unavailable(f"{where} not found (train the variant first)")
             else:
-                out["train.time_s"] = round(max(el), 2)
-                out["train.steps"] = int(max(int(float(r["step"])) for r in rows))
+                t = json.loads(where.read_text())
+        if t is not None:
+            if t.get("elapsed_s") is None:
+                out["train.time_s"] = unavailable(f"{where}: {t.get('reason') or 'no elapsed_s recorded'}")
+            else:
+                out["train.time_s"] = round(float(t["elapsed_s"]), 2)
+            if t.get("steps") is not None:
+                out["train.steps"] = int(t["steps"])
     if timing_json is not None:
         if isinstance(timing_json, dict):
             t = timing_json

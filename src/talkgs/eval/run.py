@@ -2,7 +2,8 @@
 
 - :func:`evaluate_variant` -- for ``(subject, variant)``: render the test split
   (:func:`talkgs.synthesize.render_test`), the foreign audios (:func:`talkgs.synthesize.synthesize`),
-  run the self- and cross-driven protocols, read the training time and render FPS, write
+  run the self- and cross-driven protocols, read the training time (the run's timings file) and
+  measure the render FPS, write
   ``metrics/<S>/<V>.json`` and ``renders/<S>/<V>/comparison.mp4``.
 - :func:`evaluate_subject_ground_truth` -- ``metrics/<S>/ground_truth.json`` (the tables'
   "Ground Truth" row: the real test frames' sync and mouth-motion measures).
@@ -10,8 +11,6 @@
 Layout of ``renders_dir`` (``renders/<S>/<V>/``)::
 
     test/%06d.png        rendered test frames (frame index of the clip)
-    timing.json          {"fps", "frames", "resolution", "device"}: forward (deformation) +
-                         rasterisation frames/s of the test render
     comparison.mp4       ground truth | render | error heatmap, with the test audio
     cross_<audio>.mp4    the subject driven by each foreign audio (H.264 + AAC)
 """
@@ -25,8 +24,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from talkgs.io.atomic import write_json
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +73,13 @@ def evaluate_variant(
     comparison_video: bool = True,
     progress: bool = False,
     extra: Mapping[str, Any] | None = None,
+    train_timings: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a trained ``(subject, variant)`` and write its metrics file; returns the metrics.
 
     Args:
         subject_dir: ``data/<S>`` (extract, segment, features).
-        model_dir: ``models/<S>/<V>`` (checkpoint.pt, curves.csv).
+        model_dir: ``models/<S>/<V>`` (checkpoint.pt).
         renders_dir: ``renders/<S>/<V>`` (see the module docstring).
         metrics_json: ``metrics/<S>/<V>.json`` (:func:`talkgs.eval.report.metrics_path`).
         foreign_audios: audio name → wav for the cross-driven protocol (none: self-driven only).
@@ -89,6 +87,11 @@ def evaluate_variant(
             stage (skips re-encoding the audio).
         resolution: render (and evaluate) at this size (None: the extracted resolution).
         extra: more flat keys for the metrics file (e.g. the few-shot budget).
+        train_timings: the training run's timings json (``train.time_s``; None: not reported).
+
+    No timing is written into ``renders_dir``: the render speed (``render.fps``, forward +
+    rasterisation frames/s of the test render) goes into the metrics file only, so a rerun writes
+    the same renders.
     """
     from talkgs.eval.metrics import efficiency_metrics
     from talkgs.eval.protocols import evaluate_cross_driven, evaluate_self_driven, write_comparison_video
@@ -100,7 +103,6 @@ def evaluate_variant(
     audio = subject_dir / "extract" / "audio.wav"
     res = render_test(subject_dir, model_dir, None, frames_dir=renders_dir / "test", resolution=resolution, device=device, progress=progress)
     timing = {"fps": res["fps"], "frames": res["frames"], "resolution": res.get("resolution"), "device": str(device)}
-    write_json(renders_dir / "timing.json", timing)
     self_m = evaluate_self_driven(
         subject_dir / "extract" / "frames", renders_dir / "test", subject_dir / "segment", audio=audio, fps=fps,
         alexnet_weights=weights.alexnet, lpips_linear_weights=weights.lpips_linear, syncnet_weights=weights.syncnet,
@@ -119,7 +121,7 @@ def evaluate_variant(
             synthesize(subject_dir, model_dir, wav, out, resolution=resolution, device=device, progress=progress, audio_features=feats)
             renders[name] = out
         parts.append(evaluate_cross_driven(renders, dict(foreign_audios), fps=fps, syncnet_weights=weights.syncnet, device=device))
-    parts.append(efficiency_metrics(model_dir / "curves.csv", timing))
+    parts.append(efficiency_metrics(train_timings, timing))
     if extra:
         parts.append(dict(extra))
     return write_metrics(metrics_json, *parts, subject=subject, variant=variant)

@@ -6,7 +6,7 @@
                             expression, mouth opening, landmark motion (talkgs.features.cache)
     audio_<encoder>.parquet one per encoder in ``audio_encoders``: [T, window, C] per frame
     blink_sheet.png         contact sheet: blink signal + eye crops at its peaks and at open frames
-    features.json           summary (counts, blink peaks, timings, params)
+    features.json           summary (counts, blink peaks, params; no timings)
 
 :func:`featurize_audio` writes one ``audio_<encoder>.parquet`` for any audio file (cross-driven
 audio), with the same encoder settings.
@@ -116,9 +116,12 @@ def featurize_audio(
 
 
 def build_features(
-    extract_dir: Path, track_dir: Path, out_dir: Path, params: FeaturesParams, *, progress: bool = True
+    extract_dir: Path, track_dir: Path, out_dir: Path, params: FeaturesParams, *, progress: bool = True,
+    timings: Path | None = None,
 ) -> dict[str, Any]:
-    """Run the features stage for one subject (see the module docstring). Returns the summary."""
+    """Run the features stage for one subject (see the module docstring). Returns the summary
+    (``features.json``) plus ``timing_s``, which stays out of the output folder (a rerun writes the
+    same bytes) and goes to the json file ``timings`` when given."""
     extract_dir, track_dir, out_dir = Path(extract_dir), Path(track_dir), Path(out_dir)
     t_start = time.perf_counter()
     info = read_extract(extract_dir)
@@ -169,6 +172,7 @@ def build_features(
     with atomic_dir(out_dir) as tmp:
         write_frames_table(tmp / "frames.parquet", table)
         t_audio = 0.0
+        t_enc: dict[str, float] = {}
         for name in params.audio_encoders:
             ta = time.perf_counter()
             ap = params.audio_params(name, info.fps)
@@ -177,7 +181,8 @@ def build_features(
             write_audio_table(tmp / f"audio_{name}.parquet", feats, _audio_meta(enc, ap, info.audio))
             dt = time.perf_counter() - ta
             t_audio += dt
-            summary["audio"][name] = {"shape": list(feats.shape), "seconds": round(dt, 2)}
+            t_enc[name] = round(dt, 2)
+            summary["audio"][name] = {"shape": list(feats.shape)}
         peaks = blink_peaks(sig.blink)
         if params.contact_sheet:
             blink_contact_sheet(info, track.landmarks, sig, tmp / "blink_sheet.png")
@@ -189,10 +194,13 @@ def build_features(
                 "fraction_above_2": float((sig.blink >= 2).mean()),
             },
             "mouth_open": {"median": float(np.median(sig.mouth_open)), "p95": float(np.percentile(sig.mouth_open, 95))},
-            "timing_s": {"signals": round(t_sig, 3), "audio": round(t_audio, 2), "total": round(time.perf_counter() - t_start, 2)},
             "params": dataclasses.asdict(params),
         })  # fmt: skip
         write_json(tmp / "features.json", summary)
+    timing = {"signals": round(t_sig, 3), "audio": round(t_audio, 2), "audio_encoders": t_enc, "total": round(time.perf_counter() - t_start, 2)}
+    if timings is not None:
+        write_json(timings, {"frames": n, "timing_s": timing})
+    summary = {**summary, "timing_s": timing}
     log.info("%s: features for %d frames, %d blink peaks, audio %s (%.1f s)", out_dir, n, len(peaks), list(summary["audio"]), summary["timing_s"]["total"])
     return summary
 

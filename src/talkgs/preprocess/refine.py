@@ -341,6 +341,8 @@ class BAResult:
     keypoint_error: np.ndarray
     """``float32 [T]`` the same with the refined poses."""
     stats: dict[str, Any]
+    seconds: float = 0.0
+    """Wall-clock time of the adjustment (kept out of ``stats``, which goes into the track report)."""
 
 
 def init_keypoints(
@@ -575,7 +577,7 @@ def bundle_adjust(
             pts_final = pts1 + dp2 * px_to_m
             r2f = kp_cost(rot, t, pts_final, obs2)[1].numpy() if len(pts1) else np.zeros(0)
     w2c = make_w2c(rot.double().numpy(), t.double().numpy())
-    stats["seconds"] = round(time.perf_counter() - t_start, 2)
+    seconds = round(time.perf_counter() - t_start, 2)
     return BAResult(
         w2c=w2c,
         points=pts_final.numpy(),
@@ -583,6 +585,7 @@ def bundle_adjust(
         keypoint_error_initial=err_init,
         keypoint_error=_per_frame_mean(tr2.frame, np.sqrt(r2f), n_frames),
         stats=stats,
+        seconds=seconds,
     )
 
 

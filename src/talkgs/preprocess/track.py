@@ -54,7 +54,8 @@ Output folder (written atomically)::
                  keypoint_frame / keypoint_track int32 [M], keypoint_uv float32 [M, 2]: observations
                  focal_candidates, focal_errors float64 [S]: the focal search
     report.json  focal, failed frames, keypoint statistics, reprojection error and pose jitter
-                 before/after refinement, timings, params
+                 before/after refinement, params (no timings: they go to the ``timings`` file of
+                 :func:`track`, so a rerun writes the same bytes)
     report.png   focal search, head rotation, jitter and reprojection error over time
 """
 
@@ -603,10 +604,14 @@ def _stats(x: np.ndarray) -> dict[str, float]:
     return {"mean": float(x.mean()), "median": float(np.median(x)), "p95": float(np.percentile(x, 95))}
 
 
-def track(extract_dir: Path, out_dir: Path, params: TrackParams, *, progress: bool = True) -> dict[str, Any]:
+def track(
+    extract_dir: Path, out_dir: Path, params: TrackParams, *, progress: bool = True, timings: Path | None = None
+) -> dict[str, Any]:
     """Run the track stage on ``extract_dir`` and write ``out_dir`` (see the module docstring).
 
-    Returns the report (also written as ``report.json``).
+    Returns the report (also written as ``report.json``) plus ``timing_s`` (seconds per step),
+    which is not in ``report.json`` (the output holds no wall-clock time: a rerun writes the same
+    bytes) but in the json file ``timings`` when given.
     """
     extract_dir, out_dir = Path(extract_dir), Path(out_dir)
     info = read_extract(extract_dir)
@@ -682,15 +687,6 @@ def track(extract_dir: Path, out_dir: Path, params: TrackParams, *, progress: bo
         },
         "jitter": {"initial": jit0, "refined": jit1},
         "keypoints": {**tracks.stats, **(ba.stats if ba else {})},
-        "timing_s": {
-            "landmarks_and_flow_pass": round(t_pass, 2),
-            "face_mesh": round(t_mesh, 2),
-            "optical_flow": round(t_flow, 2),
-            "camera_fit_and_pnp": round(t_fit, 2),
-            "bundle_adjustment": ba.stats["seconds"] if ba else 0.0,
-            "pass_frames_per_s": round(n / max(t_pass, 1e-9), 1),
-            "total": 0.0,
-        },
         "conventions": "OpenCV camera (x right, y down, z forward); world_to_camera 4x4 X_cam = R X_world + t; "
         "world in metres, head static; K in pixels, continuous pixel coordinates (pixel centres at +0.5)",
         "params": dataclasses.asdict(params),
@@ -698,7 +694,6 @@ def track(extract_dir: Path, out_dir: Path, params: TrackParams, *, progress: bo
     if ba is not None:
         report["reprojection_px"]["keypoints_initial"] = _stats(ba.keypoint_error_initial)
         report["reprojection_px"]["keypoints_refined"] = _stats(ba.keypoint_error)
-    report["timing_s"]["total"] = round(time.perf_counter() - t_start, 2)
 
     with atomic_dir(out_dir) as tmp:
         np.savez_compressed(
@@ -725,6 +720,18 @@ def track(extract_dir: Path, out_dir: Path, params: TrackParams, *, progress: bo
         )
         write_json(tmp / "report.json", report)
         _plot_report(tmp / "report.png", cam, w2c0, w2c, err0, err1, detected, ba, info.fps)
+    timing = {
+        "landmarks_and_flow_pass": round(t_pass, 2),
+        "face_mesh": round(t_mesh, 2),
+        "optical_flow": round(t_flow, 2),
+        "camera_fit_and_pnp": round(t_fit, 2),
+        "bundle_adjustment": ba.seconds if ba else 0.0,
+        "pass_frames_per_s": round(n / max(t_pass, 1e-9), 1),
+        "total": round(time.perf_counter() - t_start, 2),
+    }
+    if timings is not None:
+        write_json(timings, {"frames": n, "timing_s": timing})
+    report = {**report, "timing_s": timing}
     log.info(
         "%s: %d frames, %d failed; focal %.0f px; reprojection %.2f → %.2f px; angular jitter %.3f → %.3f deg/frame²; %.1f s",
         extract_dir, n, len(failed), cam.k[0, 0], report["reprojection_px"]["rigid_landmarks_initial"]["mean"],

@@ -19,8 +19,10 @@ Layout of ``checkpoint.pt`` (format :data:`FORMAT_VERSION`)::
     losses          state dicts of losses that own networks, and of their optimizers
     init_from       {"path", "config_hash"} of the model training started from, or None
     generator       torch RNG state (densification samples)
-    curves          list of curve rows (dicts) so far
-    elapsed_s       training seconds so far
+    curves          list of curve rows (dicts) so far (no timings)
+    timing          {"elapsed_s", "phases": {name: seconds}} of the training so far, while unfinished
+                    (resume); None once finished: the time is in the run's timings file, so a
+                    finished checkpoint holds no wall-clock value (older ones had ``elapsed_s``)
     data            {"subject": ..., "resolution": ..., "n_frames": ..., "audio_feature": ...}
 """
 
@@ -54,7 +56,8 @@ def save_checkpoint(path: str | os.PathLike[str], ckpt: dict[str, Any]) -> None:
     """Write ``ckpt`` (plus format version and kind) atomically to ``path``."""
     data = {"format_version": FORMAT_VERSION, "kind": KIND, **ckpt}
     with atomic_path(path) as tmp:
-        torch.save(data, tmp)
+        with open(tmp, "wb") as f:  # a file object: torch names the zip records "archive/...", not
+            torch.save(data, f)  # after the (random) temp file, so equal checkpoints are equal bytes
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:

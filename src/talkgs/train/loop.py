@@ -19,7 +19,12 @@ Outputs in ``out_dir`` (``models/<S>/<V>/``, or ``models/pretrain/<V>/``)::
     checkpoint.pt   versioned dict (talkgs.train.checkpoint), rewritten atomically every
                     ``checkpoint_every`` steps, at phase ends and at the end (finished = True)
     config.yaml     the resolved variant + seed + data facts
-    curves.csv      step, phase, loss and its terms, gaussians, it/s, elapsed (for dvc plots)
+    curves.csv      step, phase, loss and its terms, gaussians, learning rates (for dvc plots)
+
+No wall-clock time goes into these files (a rerun of a deterministic run writes the same bytes,
+so DVC sees the same output): the optimisation time (summed over resumed runs, per phase) goes
+to the ``timings`` json given to :func:`train` (the pipeline's ``metrics/timings/train/...``,
+a ``cache: false`` metrics file), and the checkpoint carries it only while training is unfinished.
 
 Resuming: a run killed at any step restarts from the last checkpoint and finishes with the same
 result as an uninterrupted run with the same seed (everything random is derived from the seed
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import math
 import time
@@ -41,7 +47,7 @@ import torch
 from torch import Tensor
 
 from talkgs.configlib import dump_yaml, to_dict
-from talkgs.io.atomic import write_text
+from talkgs.io.atomic import write_json, write_text
 from talkgs.models.contract import Batch, BuildContext, Callback, Loss, LossContext, Outputs, PointCloudSpec, RenderSettings
 from talkgs.models.model import TalkingModel
 from talkgs.models.registry import build
@@ -224,8 +230,12 @@ class _Progress:
             self.bar.stop()
 
 
+_TIMED = ("it_s", "elapsed_s")
+"""Curve columns of checkpoints written before timings left the outputs (dropped on resume)."""
+
+
 def _curves_csv(rows: list[dict[str, Any]], loss_names: list[str], groups: list[str]) -> str:
-    cols = ["step", "phase", "loss", *[f"loss_{n}" for n in loss_names], "gaussians", "it_s", "elapsed_s", *[f"lr_{g}" for g in groups]]
+    cols = ["step", "phase", "loss", *[f"loss_{n}" for n in loss_names], "gaussians", *[f"lr_{g}" for g in groups]]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
@@ -296,6 +306,7 @@ def train(
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     train_seconds: float | None = None,
     init_from: str | Path | None = None,
+    timings: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train ``variant`` on a subject (or on several: cross-subject pretraining, one identity
     each); write ``checkpoint.pt``, ``config.yaml``, ``curves.csv``.
@@ -318,6 +329,11 @@ def train(
             (:meth:`SubjectData.first_seconds`; same iterations, same test split).
         init_from: a checkpoint (e.g. the ``pretrain@<V>`` model) whose shared parameters the
             model starts from (:meth:`talkgs.models.contract.Head.transfer`).
+        timings: json file for the training time (kept out of ``out_dir``): ``elapsed_s``
+            (optimisation time summed over resumed runs, no start-up or checkpoint writing),
+            ``steps``, ``it_s``, ``phases`` (each phase's steps and seconds), ``finished``,
+            ``config_hash``. A finished run that is resumed (nothing to train) leaves an existing
+            file of the same config as it is; without one the time is ``null`` with the reason.
 
     Returns:
         Summary: steps, finished, gaussians, elapsed_s, it_s (mean), final losses, paths.
@@ -381,6 +397,8 @@ def train(
     model.to(device)
     gen = torch.Generator().manual_seed(seed + 1)
     step, curves, elapsed = 0, [], 0.0
+    phase_elapsed: dict[str, float] = {}
+    timing_known = True  # False: resumed a finished checkpoint, whose timing is not in it
     opt: torch.optim.Adam | None = None
     opt_phase = -1  # the phase whose optimizer state is saved / to be restored
     built = -1  # the phase whose optimizer and callbacks are built
@@ -395,7 +413,15 @@ def train(
         else:
             model.load_state_dict(ck["model"])
             model.to(device)
-            step, curves, elapsed = int(ck["step"]), list(ck["curves"]), float(ck["elapsed_s"])
+            step = int(ck["step"])
+            curves = [{k: v for k, v in r.items() if k not in _TIMED} for r in ck["curves"]]
+            t = ck.get("timing")
+            if t is None and ck.get("elapsed_s") is not None:  # a checkpoint from before timings left it
+                t = {"elapsed_s": ck["elapsed_s"], "phases": {}}
+            if t is not None:
+                elapsed, phase_elapsed = float(t["elapsed_s"]), {k: float(v) for k, v in (t.get("phases") or {}).items()}
+            else:
+                timing_known = step == 0
             gen.set_state(ck["generator"])
             if ck.get("losses"):
                 losses.load_state_dict(ck["losses"])
@@ -413,7 +439,46 @@ def train(
     head_losses = head.loss_terms()
     lr_groups = [g for g in variant.groups() if any(g in ph.lr for ph in variant.phases)]
 
+    def timing_record() -> dict[str, Any]:
+        steps_of = {}
+        for ph, start in zip(variant.phases, starts):
+            steps_of[ph.name] = steps_of.get(ph.name, 0) + max(0, min(step, start + ph.iterations) - start)
+        return {
+            "elapsed_s": round(elapsed, 2) if timing_known else None,
+            "steps": step,
+            "it_s": round(step / elapsed, 3) if timing_known and elapsed > 0 else None,
+            "phases": {
+                n: {"steps": k, "elapsed_s": round(phase_elapsed.get(n, 0.0), 2), "it_s": round(k / phase_elapsed[n], 3) if phase_elapsed.get(n) else None}
+                for n, k in steps_of.items() if n in phase_elapsed  # (none from a checkpoint that had only the total)
+            } if timing_known else {},
+            "finished": step >= total,
+            "device": str(device),
+            "config_hash": chash,
+            "measures": "optimisation time of the steps (data, render, losses, backward, callbacks, optimizer), summed over resumed runs; no start-up, no checkpoint writing",
+        }  # fmt: skip
+
+    written_timings = False
+
+    def write_timings() -> None:
+        nonlocal written_timings
+        if timings is None:
+            return
+        written_timings = True
+        tp = Path(timings)
+        rec = timing_record()
+        if not timing_known:
+            try:
+                old = json.loads(tp.read_text()) if tp.is_file() else None
+            except (OSError, ValueError):
+                old = None
+            if old is not None and old.get("config_hash") == chash and old.get("elapsed_s") is not None:
+                return  # the run that trained it recorded its time: keep it
+            rec["reason"] = f"{ckpt_path} had finished before this run and its training time was not recorded in {tp}"
+        write_json(tp, rec)
+
     def save(finished: bool) -> None:
+        if finished:
+            write_timings()  # first: the finished checkpoint no longer carries the time
         save_checkpoint(
             ckpt_path,
             {
@@ -431,8 +496,11 @@ def train(
                 "losses": losses.state_dict(),
                 "init_from": None if init_ck is None else {"path": str(init_from), "config_hash": init_ck["config_hash"]},
                 "generator": gen.get_state(),
-                "curves": curves,
-                "elapsed_s": elapsed,
+                # fresh objects: pickle shares repeated objects, and resumed rows come from the
+                # loaded checkpoint; a canonical copy keeps a resumed run's bytes = an uninterrupted one's
+                "curves": json.loads(json.dumps(curves)),
+                # wall-clock time only while unfinished (resume); a finished model holds none
+                "timing": None if finished or not timing_known else {"elapsed_s": elapsed, "phases": dict(phase_elapsed)},
                 "data": {**fp, "audio_path": str(datasets[0].audio_path) if datasets[0].audio_path else None, "source_size": datasets[0].source_size},
             },
         )
@@ -506,6 +574,7 @@ def train(
             step += 1
             dt = time.perf_counter() - t0
             elapsed += dt
+            phase_elapsed[phase.name] = phase_elapsed.get(phase.name, 0.0) + dt
             n_window += 1
             last_terms = {n: float(v.detach()) for n, v in terms.items()}
             if on_step is not None:
@@ -523,8 +592,6 @@ def train(
                         "loss": round(loss_v, 6),
                         **{f"loss_{n}": round(v, 6) for n, v in last_terms.items()},
                         "gaussians": model.n,
-                        "it_s": round(rate if rate > 0 else 1.0 / max(dt, 1e-9), 3),
-                        "elapsed_s": round(elapsed, 3),
                         **{f"lr_{g}": float(f"{v:.4g}") for g, v in lrs.items()},
                     }
                 )
@@ -538,8 +605,10 @@ def train(
         save(finished=finished)  # nothing to train (0 steps)
     else:
         write_text(out_dir / "curves.csv", _curves_csv(curves, loss_names, lr_groups))
+    if not written_timings:  # an unfinished (time-boxed) run, or a finished one resumed
+        write_timings()
     wall = time.perf_counter() - t_run
-    mean_rate = step / elapsed if elapsed > 0 else float("nan")
+    mean_rate = step / elapsed if elapsed > 0 and timing_known else float("nan")
     summary = {
         "subject": datasets[0].name if len(datasets) == 1 else [d.name for d in datasets],
         "steps": step,
@@ -547,7 +616,7 @@ def train(
         "train_frames": int(pool.total),
         "finished": finished,
         "gaussians": model.n,
-        "elapsed_s": round(elapsed, 2),
+        "elapsed_s": round(elapsed, 2) if timing_known else None,
         "wall_s_this_run": round(wall, 2),
         "it_s": round(mean_rate, 3) if math.isfinite(mean_rate) else None,
         "losses": last_terms,
