@@ -29,6 +29,10 @@ def test_load_subject_folder(tiny_subject_dir, tiny_subject) -> None:
     assert len(d.test_idx) == 2 and d.audio_path is not None and d.audio_path.is_file()
     half = load_subject(tiny_subject_dir, resolution=16)
     assert half.images.shape[1:3] == (16, 16) and torch.allclose(half.K[0, 0], d.K[0, 0] / 2)
+    # frames resized as they are read == the whole clip loaded, then resized
+    ref = d.resized(16)
+    for k in ("images", "backgrounds", "plate", "labels", "K", "landmarks"):
+        assert torch.equal(getattr(half, k), getattr(ref, k)), k
     with pytest.raises(DataError, match="features stage"):
         load_subject(tiny_subject_dir, audio_feature="hubert")
 

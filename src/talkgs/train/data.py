@@ -380,11 +380,34 @@ def _read_label(path: Path) -> np.ndarray:
     return img
 
 
-def _load_many(fn, paths: list[Path]) -> np.ndarray:  # noqa: ANN001
+def _load_many(fn, paths: list[Path], size: int | None = None, *, nearest: bool = False) -> np.ndarray:  # noqa: ANN001
+    """``fn`` of every path stacked into one array (each image resized to ``size x size`` as it is
+    read when given: area-resampled when shrinking, bilinear when growing, nearest for labels --
+    as :meth:`SubjectData.resized`)."""
     import concurrent.futures
 
+    import cv2
+
+    def load(path: Path) -> np.ndarray:
+        img = fn(path)
+        if size is None or (img.shape[0] == size and img.shape[1] == size):
+            return img
+        interp = cv2.INTER_NEAREST if nearest else (cv2.INTER_AREA if size < img.shape[1] else cv2.INTER_LINEAR)
+        return cv2.resize(img, (size, size), interpolation=interp)
+
+    first = load(paths[0])
+    out = np.empty((len(paths), *first.shape), dtype=first.dtype)
+    out[0] = first
+
+    def put(k: int) -> None:
+        img = load(paths[k])
+        if img.shape != first.shape:
+            raise DataError(f"{paths[k]}: {img.shape[1]}x{img.shape[0]}, unlike {paths[0]} ({first.shape[1]}x{first.shape[0]}); rerun the stage that writes them")
+        out[k] = img
+
     with concurrent.futures.ThreadPoolExecutor(2) as ex:
-        return np.stack(list(ex.map(fn, paths)))
+        list(ex.map(put, range(1, len(paths))))
+    return out
 
 
 def _need(path: Path, stage: str, subject_dir: Path) -> Path:
@@ -443,16 +466,28 @@ def load_subject(
     frames, audio = _load_features(subject_dir, n, audio_feature)
     if "canonical_landmarks" not in frames.meta:
         raise DataError(f"{subject_dir / 'features' / 'frames.parquet'}: metadata lacks canonical_landmarks; rerun the features stage")
-    images = _load_many(_read_rgb, [ex / (pattern % i) for i in range(n)])
-    torso = _load_many(_read_rgb, [seg / "torso" / f"{i:06d}.jpg" for i in range(n)])
     plate = _read_rgb(_need(seg / "background.png", "segment", subject_dir))
-    labels = _load_many(_read_label, [seg / "labels" / f"{i:06d}.png" for i in range(n)]) if load_labels else None
-    size = images.shape[2]
+    src_h, src_w = _read_rgb(ex / (pattern % 0)).shape[:2]
+    size = src_w
     img_size = frames.meta.get("image_size")
-    if img_size is not None and list(img_size) != [images.shape[2], images.shape[1]]:
-        raise DataError(f"{subject_dir / 'features'}: built for {img_size} frames, extract has {images.shape[2]}x{images.shape[1]}; rerun track and features")
+    if img_size is not None and list(img_size) != [src_w, src_h]:
+        raise DataError(f"{subject_dir / 'features'}: built for {img_size} frames, extract has {src_w}x{src_h}; rerun track and features")
+    # frames are resized as they are read (as resized() does, frame by frame): a 128² training
+    # load never holds the clip at its extracted resolution (1,779 frames at 512² are 2.8 GB)
+    to = resolution if resolution is not None and resolution != size else None
+    images = _load_many(_read_rgb, [ex / (pattern % i) for i in range(n)], to)
+    torso = _load_many(_read_rgb, [seg / "torso" / f"{i:06d}.jpg" for i in range(n)], to)
+    labels = _load_many(_read_label, [seg / "labels" / f"{i:06d}.png" for i in range(n)], to, nearest=True) if load_labels else None
     fx, fy, cx, cy = (float(v) for v in frames.intrinsics[0])
     K = np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]], np.float32)
+    landmarks = torch.from_numpy(np.array(frames.landmarks[..., :2], np.float32))
+    if to is not None:  # the frames are at `to` already: scale the rest as resized() does
+        import cv2
+
+        sc = to / size
+        K[:2] *= np.float32(sc)
+        landmarks = landmarks * sc
+        plate = cv2.resize(plate, (to, to), interpolation=cv2.INTER_AREA if sc < 1 else cv2.INTER_LINEAR)
     split_train = int((frames.split == "train").sum())
     if split_train != n_train:
         raise DataError(f"{subject_dir}: features split has {split_train} train frames, extract meta says {n_train}; rerun the features stage")
@@ -464,7 +499,7 @@ def load_subject(
         labels=None if labels is None else torch.from_numpy(labels),
         viewmats=torch.from_numpy(np.array(frames.world_to_camera, np.float32)),
         K=torch.from_numpy(K),
-        landmarks=torch.from_numpy(np.array(frames.landmarks[..., :2], np.float32)),
+        landmarks=landmarks,
         canonical_landmarks=torch.tensor(frames.meta["canonical_landmarks"], dtype=torch.float32),
         au45=torch.from_numpy(np.array(frames.blink, np.float32)),
         audio=torch.from_numpy(np.array(audio.features, np.float32)),
@@ -480,8 +515,6 @@ def load_subject(
         },
         expression=torch.from_numpy(np.array(frames.expression, np.float32)),
     )  # fmt: skip
-    if resolution is not None and resolution != size:
-        data = data.resized(resolution)
     return data
 
 
