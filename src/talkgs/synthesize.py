@@ -40,7 +40,8 @@ def load_for_render(
     if isinstance(subject, SubjectData):
         data = subject
     else:
-        data = load_subject(subject, resolution=None, audio_feature=variant.audio_feature, load_labels=False)
+        # frames decoded when rendered, resized as read: memory flat in clip length
+        data = load_subject(subject, resolution=resolution, audio_feature=variant.audio_feature, load_labels=False, lazy=True)
     if resolution is not None and resolution != data.width:
         data = data.resized(resolution)
     with torch.no_grad():

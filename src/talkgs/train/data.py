@@ -32,6 +32,7 @@ from talkgs.models.conditioning.base import FrameCondition
 from talkgs.models.contract import Batch, FramePool, FrameView, IdentityStats, region_box
 from talkgs.render.camera import Camera
 from talkgs.train.samplers import frame_order
+from talkgs.train.frames import LazyFrames
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,8 @@ class SubjectData:
 
     Attributes:
         name: subject name (for logs).
-        images: ``uint8 [T, H, W, 3]`` RGB frames.
+        images: ``uint8 [T, H, W, 3]`` RGB frames (a tensor, or :class:`LazyFrames` read when
+            indexed; the same for ``backgrounds`` and ``labels``).
         backgrounds: ``uint8 [T, H, W, 3]`` what the head is splatted onto for each frame (the
             torso frame: background plate + torso with the head removed).
         plate: ``uint8 [H, W, 3]`` background plate (no person).
@@ -101,10 +103,10 @@ class SubjectData:
     """
 
     name: str
-    images: Tensor
-    backgrounds: Tensor
+    images: Tensor | LazyFrames
+    backgrounds: Tensor | LazyFrames
     plate: Tensor
-    labels: Tensor | None
+    labels: Tensor | LazyFrames | None
     viewmats: Tensor
     K: Tensor
     landmarks: Tensor
@@ -287,7 +289,10 @@ class SubjectData:
 
         s = size / self.width
 
-        def rs(x: Tensor, interp: int) -> Tensor:
+        def rs(x: Tensor | LazyFrames, interp: int) -> Tensor | LazyFrames:
+            if isinstance(x, LazyFrames):
+                read = x.read
+                return LazyFrames(x.paths, lambda p: cv2.resize(read(p), (size, size), interpolation=interp), (size, size, *x.frame_shape[2:]))
             arr = x.numpy()
             out = np.stack([cv2.resize(a, (size, size), interpolation=interp) for a in arr])
             return torch.from_numpy(out)
@@ -386,15 +391,7 @@ def _load_many(fn, paths: list[Path], size: int | None = None, *, nearest: bool 
     as :meth:`SubjectData.resized`)."""
     import concurrent.futures
 
-    import cv2
-
-    def load(path: Path) -> np.ndarray:
-        img = fn(path)
-        if size is None or (img.shape[0] == size and img.shape[1] == size):
-            return img
-        interp = cv2.INTER_NEAREST if nearest else (cv2.INTER_AREA if size < img.shape[1] else cv2.INTER_LINEAR)
-        return cv2.resize(img, (size, size), interpolation=interp)
-
+    load = _resizer(fn, size, nearest)
     first = load(paths[0])
     out = np.empty((len(paths), *first.shape), dtype=first.dtype)
     out[0] = first
@@ -408,6 +405,29 @@ def _load_many(fn, paths: list[Path], size: int | None = None, *, nearest: bool 
     with concurrent.futures.ThreadPoolExecutor(2) as ex:
         list(ex.map(put, range(1, len(paths))))
     return out
+
+
+def _resizer(fn, size: int | None, nearest: bool):  # noqa: ANN001, ANN202
+    import cv2
+
+    def load(path: Path) -> np.ndarray:
+        img = fn(path)
+        if size is None or (img.shape[0] == size and img.shape[1] == size):
+            return img
+        interp = cv2.INTER_NEAREST if nearest else (cv2.INTER_AREA if size < img.shape[1] else cv2.INTER_LINEAR)
+        return cv2.resize(img, (size, size), interpolation=interp)
+
+    return load
+
+
+def _lazy_many(fn, paths: list[Path], size: int | None = None, *, nearest: bool = False) -> LazyFrames:  # noqa: ANN001
+    """:func:`_load_many` decoded on access (the first file is read now, for the shape)."""
+    load = _resizer(fn, size, nearest)
+    return LazyFrames(paths, load, load(paths[0]).shape)
+
+
+def _tensor(x: np.ndarray | LazyFrames) -> Tensor | LazyFrames:
+    return x if isinstance(x, LazyFrames) else torch.from_numpy(x)
 
 
 def _need(path: Path, stage: str, subject_dir: Path) -> Path:
@@ -443,6 +463,7 @@ def load_subject(
     resolution: int | None = None,
     audio_feature: str = "mel",
     load_labels: bool = True,
+    lazy: bool = False,
 ) -> SubjectData:
     """Load subject ``data/<S>`` (folders ``extract``, ``segment``, ``track``, ``features``).
 
@@ -451,6 +472,9 @@ def load_subject(
         resolution: square size to resize to (None: as extracted).
         audio_feature: which ``audio_<feature>.parquet`` to read.
         load_labels: also load the label maps (initialisation, region metrics).
+        lazy: frames, torso frames and labels as :class:`~talkgs.train.frames.LazyFrames`
+            (decoded when indexed: memory flat in clip length, for rendering and synthesis)
+            instead of arrays (training, which visits random frames every step).
 
     Raises:
         DataError: an input is missing or inconsistent (message names the stage to run).
@@ -475,9 +499,10 @@ def load_subject(
     # frames are resized as they are read (as resized() does, frame by frame): a 128² training
     # load never holds the clip at its extracted resolution (1,779 frames at 512² are 2.8 GB)
     to = resolution if resolution is not None and resolution != size else None
-    images = _load_many(_read_rgb, [ex / (pattern % i) for i in range(n)], to)
-    torso = _load_many(_read_rgb, [seg / "torso" / f"{i:06d}.jpg" for i in range(n)], to)
-    labels = _load_many(_read_label, [seg / "labels" / f"{i:06d}.png" for i in range(n)], to, nearest=True) if load_labels else None
+    load = _lazy_many if lazy else _load_many
+    images = load(_read_rgb, [ex / (pattern % i) for i in range(n)], to)
+    torso = load(_read_rgb, [seg / "torso" / f"{i:06d}.jpg" for i in range(n)], to)
+    labels = load(_read_label, [seg / "labels" / f"{i:06d}.png" for i in range(n)], to, nearest=True) if load_labels else None
     fx, fy, cx, cy = (float(v) for v in frames.intrinsics[0])
     K = np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]], np.float32)
     landmarks = torch.from_numpy(np.array(frames.landmarks[..., :2], np.float32))
@@ -493,10 +518,10 @@ def load_subject(
         raise DataError(f"{subject_dir}: features split has {split_train} train frames, extract meta says {n_train}; rerun the features stage")
     data = SubjectData(
         name=subject_dir.name,
-        images=torch.from_numpy(images),
-        backgrounds=torch.from_numpy(torso),
+        images=_tensor(images),
+        backgrounds=_tensor(torso),
         plate=torch.from_numpy(plate),
-        labels=None if labels is None else torch.from_numpy(labels),
+        labels=None if labels is None else _tensor(labels),
         viewmats=torch.from_numpy(np.array(frames.world_to_camera, np.float32)),
         K=torch.from_numpy(K),
         landmarks=landmarks,
