@@ -100,7 +100,10 @@ def synthesize(
     Returns:
         ``{"frames", "fps" (render frames/s), "fps_total", "seconds", "out"}``.
     """
+    from talkgs.io.atomic import sweep_temp
+
     t_start = time.perf_counter()
+    sweep_temp(out_mp4)  # what a killed earlier run left next to it
     model, variant, data, opts = load_for_render(subject, model_dir, resolution=resolution, device=device)
     feature = variant.audio_feature
     if isinstance(audio_features, (str, Path)):

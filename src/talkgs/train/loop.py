@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from talkgs.configlib import dump_yaml, to_dict
-from talkgs.io.atomic import write_text
+from talkgs.io.atomic import sweep_temp, write_text
 from talkgs.models.contract import Batch, BuildContext, Callback, Loss, LossContext, Outputs, PointCloudSpec, RenderSettings
 from talkgs.models.model import TalkingModel
 from talkgs.models.registry import build
@@ -328,6 +328,7 @@ def train(
         FewShotUnavailable: the training split is shorter than ``train_seconds``.
     """
     out_dir = Path(out_dir)
+    sweep_temp(out_dir)  # e.g. a half-written checkpoint of a killed run (the folder persists across runs)
     device = torch.device(device)
     # losses first: a missing LPIPS backbone stops the run before any work
     loss_names = sorted({n for ph in variant.phases for n, w in ph.losses.items() if w > 0})
