@@ -54,21 +54,17 @@ def _to_uint8(img: torch.Tensor) -> np.ndarray:
 
 class _Bar:
     def __init__(self, enabled: bool, total: int, what: str) -> None:
-        self.bar = None
-        if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from talkgs.progress import progress_bar
 
-            self.bar = Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[fps]:>6.1f} frames/s"), TimeElapsedColumn())
-            self.bar.start()
-            self.task = self.bar.add_task(what, total=total, fps=0.0)
+        self.bar = progress_bar(enabled, "frames", count="frame")
+        self.bar.start()
+        self.task = self.bar.add_task(what, total=total, rate=0.0)
 
     def update(self, n: int, fps: float) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, completed=n, fps=fps)
+        self.bar.update(self.task, completed=n, rate=fps)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
+        self.bar.stop()
 
 
 @torch.no_grad()
@@ -125,7 +121,7 @@ def synthesize(
         )
     n = len(feats) if max_frames is None else min(len(feats), max_frames)
     train = data.train_idx.tolist()
-    bar = _Bar(progress, n, "synthesize")
+    bar = _Bar(progress, n, f"synthesize {Path(out_mp4).name}")
     t_render = 0.0
     with VideoWriter(out_mp4, data.fps, audio=audio_wav) as w:
         for k in range(n):
@@ -182,7 +178,7 @@ def render_test(
         raise ValueError(f"{data.name}: the test split is empty")
     renders: list[np.ndarray] = []
     t_render = 0.0
-    bar = _Bar(progress, len(test), "render test")
+    bar = _Bar(progress, len(test), f"render test frames of {data.name}")
     for k, i in enumerate(test):
         t0 = time.perf_counter()
         out = render_frame(model, data, i, device=device, **opts)

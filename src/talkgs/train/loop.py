@@ -196,32 +196,20 @@ def _set_lrs(opt: torch.optim.Optimizer | None, phase: PhaseParams, local: int, 
 
 
 class _Progress:
-    def __init__(self, enabled: bool, total: int, start: int) -> None:
-        self.enabled = enabled
-        self.bar = None
-        if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    """The training progress bar (a plain line every few seconds when stderr is not a terminal)."""
 
-            self.bar = Progress(
-                TextColumn("[bold]{task.fields[phase]:<12}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]:.4f}"),
-                TextColumn("{task.fields[gaussians]:>6} G"),
-                TextColumn("{task.fields[rate]:>5.1f} it/s"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-            )
-            self.bar.start()
-            self.task = self.bar.add_task("train", total=total, completed=start, phase="", loss=0.0, gaussians=0, rate=0.0)
+    def __init__(self, enabled: bool, total: int, start: int, label: str = "train") -> None:
+        from talkgs.progress import progress_bar
+
+        self.bar = progress_bar(enabled, "steps", fields="phase {phase}, loss {loss:.4f}, {gaussians} Gaussians", count="step")
+        self.bar.start()
+        self.task = self.bar.add_task(label, total=total, completed=start, phase="", loss=0.0, gaussians=0, rate=0.0)
 
     def update(self, step: int, **fields: Any) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, completed=step, **fields)
+        self.bar.update(self.task, completed=step, **fields)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
+        self.bar.stop()
 
 
 def _curves_csv(rows: list[dict[str, Any]], loss_names: list[str], groups: list[str]) -> str:
@@ -448,7 +436,7 @@ def train(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     write_config()
-    bar = _Progress(progress, total, step)
+    bar = _Progress(progress, total, step, f"train {'+'.join(d.name for d in datasets)}/{out_dir.name}")
     t_window, n_window, rate = time.perf_counter(), 0, 0.0
     t_run = time.perf_counter()
     last_terms: dict[str, float] = {}
