@@ -120,7 +120,7 @@ def synthesize(
             f"[{data.audio_window}, {data.audio_dim}] of {variant.audio_feature!r}"
         )
     n = len(feats) if max_frames is None else min(len(feats), max_frames)
-    train = data.train_idx.tolist()
+    train = data.train_span.tolist()  # poses and blinks of the whole training part (smooth where tracking failed)
     bar = _Bar(progress, n, f"synthesize {Path(out_mp4).name}")
     t_render = 0.0
     with VideoWriter(out_mp4, data.fps, audio=audio_wav) as w:
@@ -158,7 +158,9 @@ def render_test(
     frames_dir: str | Path | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Render the test split (self-driven) into ``out_mp4`` (with the clip's audio of those frames).
+    """Render the test part of the clip (self-driven) into ``out_mp4`` (with the clip's audio of
+    those frames): every frame of it, also those where tracking found no face (listed as
+    ``excluded``: the metrics leave them out; the video and the sync measures need them).
 
     Args:
         side_by_side: ground truth on the left, render on the right.
@@ -166,14 +168,14 @@ def render_test(
             into this folder (atomically), e.g. for metrics.
 
     Returns:
-        ``{"frames", "fps", "out", "frames_dir", "first_frame"}``.
+        ``{"frames", "fps", "out", "frames_dir", "first_frame", "resolution", "excluded"}``.
     """
     import cv2
 
     from talkgs.io.atomic import atomic_dir
 
     model, variant, data, opts = load_for_render(subject, model_dir, resolution=resolution, device=device)
-    test = data.test_idx.tolist()
+    test = data.test_span.tolist()  # the contiguous test part (video, sync); excluded frames are left to the metrics
     if not test:
         raise ValueError(f"{data.name}: the test split is empty")
     renders: list[np.ndarray] = []
@@ -207,4 +209,5 @@ def render_test(
                     w.write(np.ascontiguousarray(img))
     log.info("rendered %d test frames of %s at %d px: %.1f frames/s", len(test), data.name, data.width, fps)
     return {"frames": len(test), "fps": round(fps, 2), "out": None if out_mp4 is None else str(out_mp4),
-            "frames_dir": None if frames_dir is None else str(frames_dir), "first_frame": test[0], "resolution": data.width}  # fmt: skip
+            "frames_dir": None if frames_dir is None else str(frames_dir), "first_frame": test[0], "resolution": data.width,
+            "excluded": [int(i) for i in data.excluded.tolist() if i >= test[0]]}  # type: ignore[union-attr]  # fmt: skip

@@ -427,10 +427,17 @@ def train(
         )
         write_text(out_dir / "curves.csv", _curves_csv(curves, loss_names, lr_groups))
 
+    # frames of the training part where the face mesh failed: not trained on (SubjectData.excluded)
+    excluded = {d.name: [int(i) for i in d.excluded.tolist() if i < int(d.test_start)] for d in datasets}  # type: ignore[union-attr]
+    n_excluded = sum(map(len, excluded.values()))
+    if n_excluded:
+        log.info("training frames without a detected face, left out: %s", "; ".join(f"{k}: {len(v)}" for k, v in excluded.items()))
+
     def write_config() -> None:
         text = "# resolved training config (talkgs.train.loop.train)\n" + dump_yaml(
             {"variant": cfg, "seed": seed, "device": str(device), "data": fp, "extent": extent,
-             "init_from": None if init_from is None else str(init_from)}  # fmt: skip
+             "init_from": None if init_from is None else str(init_from),
+             "excluded_frames": {"why": "no face detected by the track stage's face mesh", "count": n_excluded, "frames": excluded}}  # fmt: skip
         )
         write_text(out_dir / "config.yaml", text)
 
@@ -534,6 +541,7 @@ def train(
         "steps": step,
         "total_steps": total,
         "train_frames": int(pool.total),
+        "train_frames_excluded": n_excluded,
         "finished": finished,
         "gaussians": model.n,
         "elapsed_s": round(elapsed, 2),
