@@ -93,13 +93,18 @@ class SubjectData:
         canonical_landmarks: ``float32 [478, 3]`` the person's rigid landmark shape (world).
         au45: ``float32 [T]`` blink intensity 0-5.
         audio: ``float32 [T, W, C]`` audio feature window per frame.
-        train_idx, test_idx: ``int64`` frame indices of the splits.
+        train_idx, test_idx: ``int64`` frame indices of the splits: the frames where the face
+            mesh found the face (``detected`` in ``frames.parquet``); the others are ``excluded``.
         fps: frame rate.
         audio_path: the subject's wav (for muxing test renders), or None.
         source_size: extracted resolution (before any resize).
         audio_feature: name of the audio feature (``mel``, ``hubert``, ...).
         expression: ``float32 [T, E]`` upper-face expression signals (``frames.parquet``), or
             ``[T, 0]`` when not loaded.
+        excluded: ``int64`` frames in neither split: the face mesh failed there (the track
+            stage filled their landmarks and pose in from the neighbours: no training target).
+        test_start: first frame of the test part of the clip (default: the first test frame);
+            ``train_span`` / ``test_span`` are the contiguous parts, excluded frames included.
     """
 
     name: str
@@ -121,6 +126,8 @@ class SubjectData:
     audio_feature: str = "mel"
     info: dict[str, Any] = field(default_factory=dict)
     expression: Tensor | None = None
+    excluded: Tensor | None = None
+    test_start: int | None = None
 
     def __post_init__(self) -> None:
         t, h, w = self.images.shape[:3]
@@ -149,6 +156,10 @@ class SubjectData:
             raise ValueError(f"SubjectData {self.name}: expression must be [T={t}, E], found {list(self.expression.shape)}")
         if not self.source_size:
             self.source_size = w
+        if self.excluded is None:
+            self.excluded = torch.zeros(0, dtype=torch.int64)
+        if self.test_start is None:
+            self.test_start = int(self.test_idx[0]) if len(self.test_idx) else t
 
     # ------------------------------------------------------------------------------------------
     @property
@@ -267,6 +278,17 @@ class SubjectData:
         return IdentityStats(viewmats=self.viewmats[idx], audio=self.audio[idx], expression=self.expression[idx])
 
     @property
+    def train_span(self) -> Tensor:
+        """``int64``: every frame of the training part of the clip (excluded ones included), in order."""
+        return torch.arange(0, int(self.test_start or 0))
+
+    @property
+    def test_span(self) -> Tensor:
+        """``int64``: every frame of the test part of the clip (excluded ones included): what is
+        rendered for evaluation (continuous video and audio); the metrics skip the excluded ones."""
+        return torch.arange(int(self.test_start or 0), self.n_frames)
+
+    @property
     def train_seconds(self) -> float:
         """Length of the training split in seconds."""
         return len(self.train_idx) / self.fps
@@ -278,8 +300,8 @@ class SubjectData:
         Raises:
             FewShotUnavailable: the training split is shorter than ``seconds``.
         """
-        n = fewshot_frames(self.name, seconds, self.fps, len(self.train_idx))
-        return replace(self, train_idx=self.train_idx[:n].clone(), info={**self.info, "train_seconds": float(seconds)})
+        n = fewshot_frames(self.name, seconds, self.fps, len(self.train_span))
+        return replace(self, train_idx=self.train_idx[self.train_idx < n].clone(), info={**self.info, "train_seconds": float(seconds)})
 
     def resized(self, size: int) -> SubjectData:
         """This subject at ``size x size`` (images area-resampled, labels nearest, K scaled)."""
@@ -516,6 +538,21 @@ def load_subject(
     split_train = int((frames.split == "train").sum())
     if split_train != n_train:
         raise DataError(f"{subject_dir}: features split has {split_train} train frames, extract meta says {n_train}; rerun the features stage")
+    detected = np.asarray(frames.detected, bool)
+    excluded = np.nonzero(~detected)[0]
+    train_idx, test_idx = np.nonzero(detected[:n_train])[0], n_train + np.nonzero(detected[n_train:])[0]
+    if len(train_idx) == 0 or len(test_idx) == 0:
+        which = "training" if len(train_idx) == 0 else "test"
+        raise DataError(
+            f"{subject_dir / 'features' / 'frames.parquet'}: the face mesh found the face in no frame of the {which} split; "
+            "look at the track stage's report.png and use a clip where the face is visible"
+        )
+    if len(excluded):
+        log.info(
+            "%s: %d frame(s) without a detected face left out of training (%d) and evaluation (%d): %s%s",
+            subject_dir.name, len(excluded), int((excluded < n_train).sum()), int((excluded >= n_train).sum()),
+            ", ".join(map(str, excluded[:12].tolist())), " ..." if len(excluded) > 12 else "",
+        )  # fmt: skip
     data = SubjectData(
         name=subject_dir.name,
         images=_tensor(images),
@@ -528,8 +565,8 @@ def load_subject(
         canonical_landmarks=torch.tensor(frames.meta["canonical_landmarks"], dtype=torch.float32),
         au45=torch.from_numpy(np.array(frames.blink, np.float32)),
         audio=torch.from_numpy(np.array(audio.features, np.float32)),
-        train_idx=torch.arange(0, n_train),
-        test_idx=torch.arange(n_train, n),
+        train_idx=torch.from_numpy(train_idx.astype(np.int64)),
+        test_idx=torch.from_numpy(test_idx.astype(np.int64)),
         fps=fps,
         audio_path=ex / str(meta["output"]["audio"]),
         source_size=size,
@@ -539,6 +576,8 @@ def load_subject(
             "expression_names": list(frames.meta.get("expression_names", [])),
         },
         expression=torch.from_numpy(np.array(frames.expression, np.float32)),
+        excluded=torch.from_numpy(excluded.astype(np.int64)),
+        test_start=n_train,
     )  # fmt: skip
     return data
 
