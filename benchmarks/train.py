@@ -1,7 +1,7 @@
 """Benchmark: milliseconds per training step of each variant, split into where the time goes.
 
     python benchmarks/train.py [--subject-dir data/demo] [--variants static gaussiantalker ...]
-                               [--preset cpu] [--steps 40] [--device cpu]
+                               [--preset cpu] [--steps 40] [--device cpu] [--reference-kernels]
 
 For every variant of ``params.yaml`` (with the preset applied) and every one of its phases,
 trains ``--steps`` steps of that phase alone (a fresh model; the first 5 steps are warm-up and
@@ -15,6 +15,9 @@ the trainer calls:
 - ``backward``: ``loss.backward()`` (the rasterizer's backward included);
 - ``callbacks``: densification and the other callbacks;
 - ``optimizer``: Adam steps.
+
+``--reference-kernels`` swaps the fused CPU kernels (SSIM loss, triplane sampling) back for their
+torch formulations, for a before/after comparison in one environment.
 
 Prints one table per variant (ms per step, by phase and the mean over the preset's schedule
 weighted by phase length) and writes ``--out`` as JSON when given. The speed targets of the
@@ -121,7 +124,14 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--reference-kernels", action="store_true", help="torch formulations instead of the fused CPU kernels (before/after)")
     args = ap.parse_args()
+    if args.reference_kernels:
+        import talkgs.models.losses as losses
+        from talkgs.models.encoders.triplane import Triplane
+
+        losses.ssim = losses.ssim_reference
+        Triplane.forward = Triplane.forward_reference
     from talkgs.config import load_params
     from talkgs.train.data import load_subject
 
@@ -142,8 +152,9 @@ def main() -> None:
         weights = {ph.name: ph.iterations for ph in v.phases if ph.name in rows}
         total = sum(weights.values())
         rows["schedule mean"] = {p: sum(rows[k][p] * w for k, w in weights.items()) / total for p in (*PARTS, "total")}
-        results[name] = {"phases": rows, "steps": weights, "resolution": v.render.resolution, "preset": args.preset}
-        print(f"\n{name} (preset {args.preset}, {v.render.resolution}², ms per step; schedule: {weights})")
+        results[name] = {"phases": rows, "steps": weights, "resolution": v.render.resolution, "preset": args.preset, "reference_kernels": args.reference_kernels}
+        kernels = "reference (torch) kernels" if args.reference_kernels else "fused kernels"
+        print(f"\n{name} (preset {args.preset}, {v.render.resolution}², {kernels}, ms per step; schedule: {weights})")
         print(f"| phase | {' | '.join(PARTS)} | total |")
         print(f"|---|{'---|' * (len(PARTS) + 1)}")
         for k, r in rows.items():

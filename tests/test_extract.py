@@ -19,6 +19,7 @@ from talkgs.preprocess.extract import (
     extract,
     split_indices,
 )
+from talkgs.preprocess.quality import SpeechCheckParams
 
 RES = 128  # small clips built in the tests are extracted at this size
 
@@ -94,7 +95,9 @@ def flash_clip(may_video: Path, ffmpeg, tmp_path_factory: pytest.TempPathFactory
 
 
 def test_resample_and_audio_alignment(flash_clip: Path, tmp_path: Path) -> None:
-    meta = extract(flash_clip, tmp_path / "out", ExtractParams(resolution=RES), progress=False)
+    beep = SpeechCheckParams(on_fail="warning")  # a beep, not speech: warned about, extracted
+    meta = extract(flash_clip, tmp_path / "out", ExtractParams(resolution=RES, speech_check=beep), progress=False)
+    assert any("does not sound like speech" in w for w in meta["warnings"]), meta["warnings"]
     out = tmp_path / "out"
     assert meta["source"]["measured_fps"] == pytest.approx(30.0, abs=0.01)
     assert meta["source"]["first_frame_s"] == pytest.approx(0.3, abs=0.01)

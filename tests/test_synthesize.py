@@ -29,6 +29,10 @@ def test_load_subject_folder(tiny_subject_dir, tiny_subject) -> None:
     assert len(d.test_idx) == 2 and d.audio_path is not None and d.audio_path.is_file()
     half = load_subject(tiny_subject_dir, resolution=16)
     assert half.images.shape[1:3] == (16, 16) and torch.allclose(half.K[0, 0], d.K[0, 0] / 2)
+    # frames resized as they are read == the whole clip loaded, then resized
+    ref = d.resized(16)
+    for k in ("images", "backgrounds", "plate", "labels", "K", "landmarks"):
+        assert torch.equal(getattr(half, k), getattr(ref, k)), k
     with pytest.raises(DataError, match="features stage"):
         load_subject(tiny_subject_dir, audio_feature="hubert")
 
@@ -71,3 +75,17 @@ def test_synthesize_from_precomputed_audio_features(tiny_model, tiny_subject_dir
     featurize_audio(wav, tmp_path / "bad.parquet", AudioEncoderParams(window=2, n_mels=8), progress=False)
     with pytest.raises(ValueError, match=r"trained on windows \[4, 8\]"):
         synthesize(tiny_subject_dir, tiny_model, wav, tmp_path / "b.mp4", audio_features=tmp_path / "bad.parquet", progress=False)
+
+
+def test_lazy_frames_read_what_the_arrays_hold(tiny_subject_dir) -> None:
+    from talkgs.train.frames import LazyFrames
+
+    eager, lazy = load_subject(tiny_subject_dir), load_subject(tiny_subject_dir, lazy=True)
+    assert isinstance(lazy.images, LazyFrames) and lazy.images.shape == eager.images.shape
+    for k in ("images", "backgrounds", "labels"):
+        a, b = getattr(lazy, k), getattr(eager, k)
+        assert torch.equal(a[3], b[3]) and torch.equal(a[::4], b[::4]) and torch.equal(a[torch.tensor([1, 2])], b[torch.tensor([1, 2])]), k
+    small = lazy.resized(16)
+    assert isinstance(small.images, LazyFrames) and torch.equal(small.images[2], eager.resized(16).images[2])
+    with pytest.raises(IndexError):
+        lazy.images[len(lazy.images)]

@@ -326,17 +326,20 @@ def main(argv: list[str] | None = None) -> int:
     from talkgs.config import ConfigError
     from talkgs.io.media import MediaError
 
+    from talkgs import interrupt
     from talkgs.preprocess.errors import InputError
 
     known = (ConfigError, MediaError, InputError, FileNotFoundError, RuntimeError)
+    if args.command != "repro":  # the Prefect flow handles its own cancellation
+        interrupt.install_sigterm()
     try:
         return int(args.func(args) or 0)
     except known as e:
         log.error("%s", e)
         return 2
-    except KeyboardInterrupt:
-        log.error("interrupted: outputs are written atomically, nothing half-written was left behind")
-        return 130
+    except KeyboardInterrupt as e:
+        log.error("%s", interrupt.message(e, f"talkgs {args.command}"))
+        return interrupt.exit_code(e)
 
 
 if __name__ == "__main__":

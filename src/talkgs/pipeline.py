@@ -27,7 +27,9 @@ def make_demo(params: Params, root: Path, out: Path | None = None, *, progress: 
     (``data/raw/demo_speech2.wav``, another voice: the demo's cross-driving audio)."""
     from talkgs.demo import make_demo as _make_demo
     from talkgs.demo import make_demo_speech2
+    from talkgs.io.atomic import sweep_temp
 
+    sweep_temp(out or root / paths.DEMO_VIDEO, *(() if out else (root / paths.DEMO_SPEECH2,)))
     info = _make_demo(out or root / paths.DEMO_VIDEO, params.demo, progress=progress)
     log.info("demo clip written to %s", out or root / paths.DEMO_VIDEO)
     if out is None:
@@ -37,40 +39,50 @@ def make_demo(params: Params, root: Path, out: Path | None = None, *, progress: 
 
 
 def extract(params: Params, subject: str, root: Path, *, progress: bool = True) -> dict:
+    from talkgs.io.atomic import sweep_temp
     from talkgs.preprocess.extract import extract as _extract
 
     video = _under(root, params.subject(subject).video)
     out = paths.extract_dir(subject, root)
+    sweep_temp(out)
     meta = _extract(video, out, params.extract_for(subject), progress=progress)
     log.info("extract %s: %d frames -> %s", subject, meta["frame_count"], out)
     return meta
 
 
 def segment(params: Params, subject: str, root: Path, *, progress: bool = True) -> dict:
+    from talkgs.io.atomic import sweep_temp
     from talkgs.preprocess.segment import segment as _segment
 
     out = paths.segment_dir(subject, root)
+    sweep_temp(out)
     info = _segment(paths.extract_dir(subject, root), out, params.segment, progress=progress)
     log.info("segment %s -> %s", subject, out)
     return info
 
 
 def track(params: Params, subject: str, root: Path, *, progress: bool = True) -> dict:
+    from talkgs.io.atomic import sweep_temp
     from talkgs.preprocess.track import track as _track
 
     out = paths.track_dir(subject, root)
-    report = _track(paths.extract_dir(subject, root), out, params.track, progress=progress, timings=paths.timings_file("track", subject, root))
+    timings = paths.timings_file("track", subject, root)
+    sweep_temp(out, timings)
+    report = _track(paths.extract_dir(subject, root), out, params.track, progress=progress, timings=timings)
     log.info("track %s -> %s", subject, out)
     return report
 
 
 def features(params: Params, subject: str, root: Path, *, progress: bool = True) -> dict:
     from talkgs.features.build import build_features
+    from talkgs.io.atomic import sweep_temp
 
     out = paths.features_dir(subject, root)
+    timings = paths.timings_file("features", subject, root)
+    sweep_temp(out, timings)
     summary = build_features(
         paths.extract_dir(subject, root), paths.track_dir(subject, root), out, params.features, progress=progress,
-        timings=paths.timings_file("features", subject, root),
+        timings=timings,
     )  # fmt: skip
     log.info("features %s -> %s", subject, out)
     return summary
@@ -80,10 +92,11 @@ def audio_features(params: Params, audio: str, root: Path, *, progress: bool = T
     """Featurise a foreign audio with every encoder of ``features.audio_encoders`` into
     ``data/audio/<audio>/audio_<encoder>.parquet`` (the same featurisation as a subject's own audio)."""
     from talkgs.features.build import featurize_audio
-    from talkgs.io.atomic import atomic_dir
+    from talkgs.io.atomic import atomic_dir, sweep_temp
 
     src = _under(root, params.audio(audio).path)
     out = paths.audio_dir(audio, root)
+    sweep_temp(out)
     summary: dict = {}
     with atomic_dir(out) as tmp:
         for enc in params.features.audio_encoders:
@@ -104,7 +117,7 @@ def train(params: Params, subject: str, variant: str, root: Path, *, progress: b
     ``unavailable.json`` (the reason) there instead of a model, and its metrics say so.
     """
     from talkgs.eval.report import run_name
-    from talkgs.io.atomic import atomic_dir, write_bytes, write_json
+    from talkgs.io.atomic import atomic_dir, sweep_temp, write_bytes, write_json
     from talkgs.train.data import FewShotUnavailable, check_fewshot
     from talkgs.train.loop import train as _train
 
@@ -113,6 +126,7 @@ def train(params: Params, subject: str, variant: str, root: Path, *, progress: b
     run = run_name(variant, fewshot)
     out = paths.model_dir(subject, run, root)
     timings = paths.timings_file("train", f"{subject}/{run}", root)
+    sweep_temp(out, timings, *(() if fewshot is not None else (paths.train_plot(subject, variant, root),)))
     if fewshot is not None:
         try:
             check_fewshot(paths.subject_dir(subject, root), fewshot)
@@ -156,10 +170,11 @@ def pretrain(params: Params, variant: str, root: Path, *, progress: bool = True)
     (one identity each) into ``models/pretrain/<V>/``. A variant without pretraining gets
     ``none.json`` there instead (every evaluated variant has this stage, so ``train@S-V``
     depends on it uniformly); it takes a second."""
-    from talkgs.io.atomic import atomic_dir, write_json
+    from talkgs.io.atomic import atomic_dir, sweep_temp, write_json
 
     out = paths.pretrain_dir(variant, root)
     timings = paths.timings_file("pretrain", variant, root)
+    sweep_temp(out, timings)
     v = params.train.variant(variant)
     if not v.pretrain.subjects:
         with atomic_dir(out) as tmp:
@@ -198,10 +213,12 @@ def evaluate(params: Params, subject: str, variant: str, root: Path, *, progress
     ``metrics/subjects/<S>/<V>@fewshot<sec>.json``.
     """
     from talkgs.eval.run import evaluate_variant
+    from talkgs.io.atomic import sweep_temp
 
     e = params.evaluate
     if fewshot is not None:
         return _evaluate_fewshot(params, subject, variant, root, fewshot, progress=progress)
+    sweep_temp(paths.renders_dir(subject, variant, root), paths.metrics_file(subject, variant, root))
     wavs, feats = _foreign_audios(params, root) if e.cross_driven else ({}, {})
     metrics = evaluate_variant(
         paths.subject_dir(subject, root), paths.model_dir(subject, variant, root),
@@ -221,13 +238,14 @@ def _evaluate_fewshot(params: Params, subject: str, variant: str, root: Path, fe
     from talkgs.eval.metrics import unavailable
     from talkgs.eval.report import FEWSHOT_ROWS, run_name, write_metrics
     from talkgs.eval.run import evaluate_variant
-    from talkgs.io.atomic import atomic_dir, write_json
+    from talkgs.io.atomic import atomic_dir, sweep_temp, write_json
     from talkgs.train.data import FewShotUnavailable, check_fewshot
 
     e = params.evaluate
     run = run_name(variant, fewshot)
     model, renders = paths.model_dir(subject, run, root), paths.renders_dir(subject, run, root)
     metrics_json = paths.metrics_file(subject, variant, root, fewshot)
+    sweep_temp(renders, metrics_json)
     facts: dict = {"fewshot.seconds": fewshot}
     try:
         facts["fewshot.train_frames"] = check_fewshot(paths.subject_dir(subject, root), fewshot)
@@ -255,7 +273,9 @@ def ground_truth(params: Params, subject: str, root: Path, *, progress: bool = T
     """The tables' ground-truth row for ``subject`` (sync and mouth motion of the real test frames)."""
     from talkgs.eval.report import GROUND_TRUTH
     from talkgs.eval.run import evaluate_subject_ground_truth
+    from talkgs.io.atomic import sweep_temp
 
+    sweep_temp(paths.metrics_file(subject, GROUND_TRUTH, root))
     return evaluate_subject_ground_truth(
         paths.subject_dir(subject, root), paths.metrics_file(subject, GROUND_TRUTH, root), subject=subject,
         syncnet_weights=params.evaluate.weights.syncnet, device=params.train.device,
@@ -265,7 +285,9 @@ def ground_truth(params: Params, subject: str, root: Path, *, progress: bool = T
 def report(params: Params, root: Path, *, progress: bool = True) -> dict:
     """Paper-style tables (markdown + csv) over every subject x variant in ``metrics/tables/``."""
     from talkgs.eval.report import build_tables
+    from talkgs.io.atomic import sweep_temp
 
+    sweep_temp(root / paths.TABLES)
     written = build_tables(root / paths.METRICS_RUNS, root / paths.TABLES, variants=params.evaluate.variants, subjects=list(params.subjects))
     log.info("tables: %s", ", ".join(str(p) for p in written.values()))
     return {k: str(v) for k, v in written.items()}
@@ -283,6 +305,7 @@ def stage_main(stage: str, argv: list[str] | None = None) -> None:
     import argparse
     import sys
 
+    from talkgs import interrupt
     from talkgs.config import ConfigError, load_params
     from talkgs.io.media import MediaError
     from talkgs.logs import setup_logging
@@ -305,6 +328,7 @@ def stage_main(stage: str, argv: list[str] | None = None) -> None:
     parser.add_argument("--root", type=Path, default=Path("."))
     args = parser.parse_args(argv)
     setup_logging()
+    interrupt.install_sigterm()
     try:
         params = load_params(args.root / "params.yaml")
         if stage in ("make_demo", "report"):
@@ -320,3 +344,6 @@ def stage_main(stage: str, argv: list[str] | None = None) -> None:
     except (ConfigError, InputError, MediaError, DataError) as e:
         log.error("%s", e)
         sys.exit(2)
+    except KeyboardInterrupt as e:
+        log.error("%s", interrupt.message(e, f"stage {stage}"))
+        sys.exit(interrupt.exit_code(e))

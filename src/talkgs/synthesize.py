@@ -40,7 +40,8 @@ def load_for_render(
     if isinstance(subject, SubjectData):
         data = subject
     else:
-        data = load_subject(subject, resolution=None, audio_feature=variant.audio_feature, load_labels=False)
+        # frames decoded when rendered, resized as read: memory flat in clip length
+        data = load_subject(subject, resolution=resolution, audio_feature=variant.audio_feature, load_labels=False, lazy=True)
     if resolution is not None and resolution != data.width:
         data = data.resized(resolution)
     with torch.no_grad():
@@ -54,21 +55,17 @@ def _to_uint8(img: torch.Tensor) -> np.ndarray:
 
 class _Bar:
     def __init__(self, enabled: bool, total: int, what: str) -> None:
-        self.bar = None
-        if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from talkgs.progress import progress_bar
 
-            self.bar = Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[fps]:>6.1f} frames/s"), TimeElapsedColumn())
-            self.bar.start()
-            self.task = self.bar.add_task(what, total=total, fps=0.0)
+        self.bar = progress_bar(enabled, "frames", count="frame")
+        self.bar.start()
+        self.task = self.bar.add_task(what, total=total, rate=0.0)
 
     def update(self, n: int, fps: float) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, completed=n, fps=fps)
+        self.bar.update(self.task, completed=n, rate=fps)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
+        self.bar.stop()
 
 
 @torch.no_grad()
@@ -101,9 +98,11 @@ def synthesize(
         ``{"frames", "fps" (render frames/s), "fps_total", "seconds", "out"}``.
     """
     from talkgs.configlib import PIXELS
+    from talkgs.io.atomic import sweep_temp
 
     PIXELS.check(resolution, "resolution")  # before the model loads: an odd size fails only at the encoder
     t_start = time.perf_counter()
+    sweep_temp(out_mp4)  # what a killed earlier run left next to it
     model, variant, data, opts = load_for_render(subject, model_dir, resolution=resolution, device=device)
     feature = variant.audio_feature
     if isinstance(audio_features, (str, Path)):
@@ -124,8 +123,8 @@ def synthesize(
             f"[{data.audio_window}, {data.audio_dim}] of {variant.audio_feature!r}"
         )
     n = len(feats) if max_frames is None else min(len(feats), max_frames)
-    train = data.train_idx.tolist()
-    bar = _Bar(progress, n, "synthesize")
+    train = data.train_span.tolist()  # poses and blinks of the whole training part (smooth where tracking failed)
+    bar = _Bar(progress, n, f"synthesize {Path(out_mp4).name}")
     t_render = 0.0
     with VideoWriter(out_mp4, data.fps, audio=audio_wav) as w:
         for k in range(n):
@@ -162,7 +161,9 @@ def render_test(
     frames_dir: str | Path | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Render the test split (self-driven) into ``out_mp4`` (with the clip's audio of those frames).
+    """Render the test part of the clip (self-driven) into ``out_mp4`` (with the clip's audio of
+    those frames): every frame of it, also those where tracking found no face (listed as
+    ``excluded``: the metrics leave them out; the video and the sync measures need them).
 
     Args:
         side_by_side: ground truth on the left, render on the right.
@@ -170,19 +171,19 @@ def render_test(
             into this folder (atomically), e.g. for metrics.
 
     Returns:
-        ``{"frames", "fps", "out", "frames_dir", "first_frame"}``.
+        ``{"frames", "fps", "out", "frames_dir", "first_frame", "resolution", "excluded"}``.
     """
     import cv2
 
     from talkgs.io.atomic import atomic_dir
 
     model, variant, data, opts = load_for_render(subject, model_dir, resolution=resolution, device=device)
-    test = data.test_idx.tolist()
+    test = data.test_span.tolist()  # the contiguous test part (video, sync); excluded frames are left to the metrics
     if not test:
         raise ValueError(f"{data.name}: the test split is empty")
     renders: list[np.ndarray] = []
     t_render = 0.0
-    bar = _Bar(progress, len(test), "render test")
+    bar = _Bar(progress, len(test), f"render test frames of {data.name}")
     for k, i in enumerate(test):
         t0 = time.perf_counter()
         out = render_frame(model, data, i, device=device, **opts)
@@ -211,4 +212,5 @@ def render_test(
                     w.write(np.ascontiguousarray(img))
     log.info("rendered %d test frames of %s at %d px: %.1f frames/s", len(test), data.name, data.width, fps)
     return {"frames": len(test), "fps": round(fps, 2), "out": None if out_mp4 is None else str(out_mp4),
-            "frames_dir": None if frames_dir is None else str(frames_dir), "first_frame": test[0], "resolution": data.width}  # fmt: skip
+            "frames_dir": None if frames_dir is None else str(frames_dir), "first_frame": test[0], "resolution": data.width,
+            "excluded": [int(i) for i in data.excluded.tolist() if i >= test[0]]}  # type: ignore[union-attr]  # fmt: skip

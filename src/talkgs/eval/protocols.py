@@ -72,7 +72,9 @@ SELF_DRIVEN_PROTOCOL = (
     "(0-5-like scale, not OpenFace) vs ground truth; lower = AU25/26/20/12, upper = AU01/02/04/05/45. "
     "mouth_corr: Pearson correlation of rendered vs ground-truth mouth opening (max over lags of +-2 frames); "
     "mouth_env_corr: rendered mouth opening vs the speech RMS envelope (+-3 frames). LSE-C/LSE-D: SyncNet, "
-    "official syncnet_python procedure (vshift 15) on MediaPipe face-box crops."
+    "official syncnet_python procedure (vshift 15) on MediaPipe face-box crops. Frames where the track stage's "
+    "face mesh found no face (excluded_frames) are rendered but left out of the image and landmark metrics; "
+    "the sync measures use the whole continuous clip."
 )
 CROSS_DRIVEN_PROTOCOL = (
     "cross-driven: the subject driven by foreign audios (poses, blinks, torso from the training frames), no "
@@ -265,6 +267,7 @@ def evaluate_self_driven(
     device: Any = "cpu",
     static_landmarks: bool = True,
     prefix: str = "self.",
+    exclude: Iterable[int] = (),
 ) -> dict[str, Any]:
     """Self-driven metrics of rendered test frames against the ground truth.
 
@@ -280,6 +283,9 @@ def evaluate_self_driven(
             None: the sync metrics are unavailable.
         *_weights: weight files (None: the default locations, see each metric's module).
         fid: compute FID (Inception on every frame; the slowest metric).
+        exclude: frame indices left out of the image and landmark metrics (where the track
+            stage found no face: :attr:`talkgs.train.data.SubjectData.excluded`); the sync
+            measures still use every frame (they need a continuous clip).
 
     Returns:
         Flat dict: ``protocol`` and ``self.<metric>`` (see :data:`SELF_DRIVEN_PROTOCOL`).
@@ -292,17 +298,23 @@ def evaluate_self_driven(
     hw = ren[0].shape[:2]
     if any(f.shape[:2] != hw for f in ren):
         raise ValueError("evaluate_self_driven: rendered frames differ in size")
-    gt = [_resize(f, hw) for _, f in read_frames(gt_frames_dir, idx)]
-    labels = [_resize(_read_labels(Path(segment_dir), i), hw, labels=True) for i in idx]
+    skip = {int(i) for i in exclude}
+    keep = [k for k, i in enumerate(idx) if i not in skip]
+    if not keep:
+        raise ValueError(f"evaluate_self_driven: every rendered frame ({idx[0]}..{idx[-1]}) is excluded (no face tracked there)")
+    all_ren, ren, idx_m = ren, [ren[k] for k in keep], [idx[k] for k in keep]
+    gt = [_resize(f, hw) for _, f in read_frames(gt_frames_dir, idx_m)]
+    labels = [_resize(_read_labels(Path(segment_dir), i), hw, labels=True) for i in idx_m]
     p = prefix
     out: dict[str, Any] = {"protocol": SELF_DRIVEN_PROTOCOL, p + "frames": len(idx), p + "first_frame": idx[0], p + "last_frame": idx[-1], p + "resolution": f"{hw[1]}x{hw[0]}"}
+    out[p + "excluded_frames"] = len(idx) - len(keep)
 
-    # --- image metrics
+    # --- image metrics (frames with a tracked face)
     boxes = [face_box(lab) for lab in labels]
-    no_face = [i for i, b in zip(idx, boxes) if b is None]
+    no_face = [i for i, b in zip(idx_m, boxes) if b is None]
     if no_face:
         log.warning("self-driven: no face label in ground-truth frames %s; face metrics skip them", no_face[:10])
-    out[p + "face_frames"] = len(idx) - len(no_face)
+    out[p + "face_frames"] = len(idx_m) - len(no_face)
     vals: dict[str, list[float]] = {k: [] for k in ("psnr_full", "psnr_face", "psnr_face_mask", "ssim_full", "ssim_face")}
     for r, g, lab, b in zip(ren, gt, labels, boxes):
         vals["psnr_full"].append(psnr(r, g))
@@ -327,15 +339,16 @@ def evaluate_self_driven(
     if fid:
         out[p + "fid"] = _fid_or_reason(ren, gt, inception_weights, device)
 
-    # --- landmarks: LMD, AUE, mouth correlation
-    lm_r = lmk.detect_landmarks(ren, static=static_landmarks)
+    # --- landmarks: LMD, AUE, mouth correlation (frames with a tracked face)
+    lm_all = lmk.detect_landmarks(all_ren, static=static_landmarks)
+    lm_r = lm_all[keep]
     lm_g = lmk.detect_landmarks(gt, static=static_landmarks)
     det_r, det_g = lmk.detected(lm_r), lmk.detected(lm_g)
     out[p + "face_detected_render"] = round(float(det_r.mean()), 4)
     out[p + "face_detected_gt"] = round(float(det_g.mean()), 4)
     both = det_r & det_g
     if not both.any():
-        why = f"no frame where MediaPipe finds the face in both the render ({int(det_r.sum())}/{len(idx)}) and the ground truth ({int(det_g.sum())}/{len(idx)})"
+        why = f"no frame where MediaPipe finds the face in both the render ({int(det_r.sum())}/{len(idx_m)}) and the ground truth ({int(det_g.sum())}/{len(idx_m)})"
         for k in ("lmd_mouth", "lmd_face", "aue_lower", "aue_upper", "mouth_corr", "mouth_corr_lag"):
             out[p + k] = unavailable(why)
     else:
@@ -350,10 +363,10 @@ def evaluate_self_driven(
         else:
             out[p + "mouth_corr"] = out[p + "mouth_corr_lag"] = unavailable("fewer than 8 frames with a face in both, or a constant mouth opening")
 
-    # --- sync
+    # --- sync (the whole continuous clip)
     seg, why = _sync_audio(audio, idx, fps)
     syncnet = _load_syncnet_or_reason(syncnet_weights, device) if seg is not None else None
-    out.update(_sync_metrics(ren, lm_r, seg, fps, syncnet, p, why))
+    out.update(_sync_metrics(all_ren, lm_all, seg, fps, syncnet, p, why))
     return out
 
 

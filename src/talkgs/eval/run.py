@@ -106,7 +106,7 @@ def evaluate_variant(
     self_m = evaluate_self_driven(
         subject_dir / "extract" / "frames", renders_dir / "test", subject_dir / "segment", audio=audio, fps=fps,
         alexnet_weights=weights.alexnet, lpips_linear_weights=weights.lpips_linear, syncnet_weights=weights.syncnet,
-        inception_weights=weights.inception, fid=fid, device=device,
+        inception_weights=weights.inception, fid=fid, device=device, exclude=res["excluded"],
     )  # fmt: skip
     if self_m["self.first_frame"] != idx[0] or self_m["self.frames"] != len(idx):
         raise ValueError(f"{renders_dir / 'test'}: rendered frames {self_m['self.first_frame']}.. ({self_m['self.frames']}) are not the test split {idx[0]}..{idx[-1]}")

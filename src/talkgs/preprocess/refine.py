@@ -518,13 +518,10 @@ def bundle_adjust(
         if bar is not None:
             bar.update(task, completed=bar.tasks[task].completed + max(0, iters - done))
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from talkgs.progress import progress_bar
 
-    with Progress(
-        TextColumn("bundle adjustment [{task.fields[phase]}]"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4g}"), TimeElapsedColumn(), disable=not progress,
-    ) as bar:  # fmt: skip
-        task = bar.add_task("ba", total=p.ba_point_iterations + p.ba_iterations, loss=float("nan"), phase="points")
+    with progress_bar(progress, "iterations", fields="{phase}, loss {loss:.4g}", rate=False) as bar:
+        task = bar.add_task("bundle adjustment", total=p.ba_point_iterations + p.ba_iterations, loss=float("nan"), phase="points")
         # stage 1: points only
         rot_init, t_init = poses(torch.zeros(n_frames, 3, dtype=dtype), torch.zeros(n_frames, 3, dtype=dtype))
         dp = torch.zeros(len(pts0), 3, dtype=dtype, requires_grad=True)

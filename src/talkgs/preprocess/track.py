@@ -8,6 +8,8 @@ OpenCV optical flow and a PyTorch bundle adjustment.
    neighbours and flagged (``detected = False``); more than ``max_failed_fraction`` failed
    frames, or a gap longer than ``max_failed_run``, is an :class:`InputError` listing them.
    The same pass tracks optical-flow keypoints (:class:`~talkgs.preprocess.refine.KeypointTracker`).
+   A head rolled beyond ``roll_check.max_roll_deg`` (median eye-line angle; a wrong rotation tag
+   lays it on its side) is an :class:`InputError` naming the tag and the ffmpeg fix, or a warning.
 2. **Canonical shape.** ``fit_frames`` detected frames are aligned by generalised Procrustes
    (3D similarity on MediaPipe's x, y and relative z times ``z_scale``); the mean shape, turned
    to face the camera and scaled so that the outer eye corners are ``eye_corner_distance_m``
@@ -53,9 +55,9 @@ Output folder (written atomically)::
                  keypoints        float32 [P, 3] bundle-adjusted keypoints (world)
                  keypoint_frame / keypoint_track int32 [M], keypoint_uv float32 [M, 2]: observations
                  focal_candidates, focal_errors float64 [S]: the focal search
-    report.json  focal, failed frames, keypoint statistics, reprojection error and pose jitter
-                 before/after refinement, params (no timings: they go to the ``timings`` file of
-                 :func:`track`, so a rerun writes the same bytes)
+    report.json  focal, failed frames, head roll, warnings, keypoint statistics, reprojection error
+                 and pose jitter before/after refinement, params (no timings: they go to the
+                 ``timings`` file of :func:`track`, so a rerun writes the same bytes)
     report.png   focal search, head rotation, jitter and reprojection error over time
 """
 
@@ -69,7 +71,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -82,6 +84,7 @@ from talkgs.io.atomic import atomic_dir, write_json
 from talkgs.preprocess import facemesh as fm
 from talkgs.preprocess import refine
 from talkgs.preprocess.errors import InputError
+from talkgs.preprocess.quality import RollCheckParams, head_roll_deg, median_roll_deg
 from talkgs.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -155,6 +158,9 @@ class TrackParams:
     """Weight of the rigid-landmark reprojection term in the BA (per landmark, vs 1 per keypoint)."""
     smoothness_weight: Annotated[float, NON_NEGATIVE] = 4.0
     """Weight of the temporal smoothness term (head-point acceleration in pixels, 16 points)."""
+    roll_check: RollCheckParams = field(default_factory=RollCheckParams)
+    """Is the head upright in the frames (a wrong rotation tag lays it on its side)? An error or
+    a warning (:mod:`talkgs.preprocess.quality`)."""
 
     def __post_init__(self) -> None:
         checks = [
@@ -203,6 +209,10 @@ class ExtractInfo:
     n_train: int
     audio: Path
     sample_rate: int
+    source: str = ""
+    """The source video (``meta.json`` ``source.path``)."""
+    rotation_deg: float = 0.0
+    """The rotation tag extract applied (``source.rotation_deg``)."""
 
     def frame_path(self, i: int) -> Path:
         return self.root / (self.frame_pattern % i)
@@ -227,6 +237,8 @@ def read_extract(extract_dir: Path) -> ExtractInfo:
             n_train=int(meta["split"]["n_train"]),
             audio=extract_dir / str(out["audio"]),
             sample_rate=int(out["sample_rate"]),
+            source=str(meta.get("source", {}).get("path", "")),
+            rotation_deg=float(meta.get("source", {}).get("rotation_deg") or 0.0),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise InputError(f"{meta_path}: missing or invalid key {e}. It was written by another talkgs version; rerun the extract stage.") from e
@@ -306,6 +318,41 @@ def check_and_interpolate(landmarks: np.ndarray, detected: np.ndarray, where: Pa
         interp = np.stack([np.interp(failed, good, flat[:, j]) for j in range(flat.shape[1])], 1)
         out[failed] = interp.reshape(len(failed), *landmarks.shape[1:])
     return out
+
+
+def check_roll(info: ExtractInfo, landmarks: np.ndarray, detected: np.ndarray, p: RollCheckParams, warnings: list[str]) -> dict[str, float]:
+    """The roll-angle gate: the median in-plane head roll (eye line) of the detected frames must
+    be within ``p.max_roll_deg``; else an :class:`InputError` (``on_fail: error``) or a warning
+    appended to ``warnings``. Returns ``{"median", "min", "max"}`` (degrees) for the report."""
+    roll = head_roll_deg(landmarks, detected)
+    med = median_roll_deg(roll)
+    seen = roll[np.isfinite(roll)]
+    stats = {"median": round(med, 2), "min": round(float(seen.min()), 2), "max": round(float(seen.max()), 2)}
+    if abs(med) <= p.max_roll_deg:
+        return stats
+    video = info.source or str(info.root)
+    turn = int(round(med / 90.0)) * 90  # the picture is turned by about this much (clockwise on screen)
+    fix = (info.rotation_deg + turn + 180.0) % 360.0 - 180.0
+    fix = 180.0 if fix == -180.0 else fix + 0.0  # + 0.0: no '-0'
+    tag = (
+        f"its rotation tag ({info.rotation_deg:+g}°, applied by extract as players do) is probably wrong"
+        if info.rotation_deg
+        else "it has no rotation tag, but its pixels are probably stored turned (a phone recording whose tag was lost)"
+    )
+    what = (
+        f"the head is rolled {med:+.0f}° in the extracted frames (median angle of the eye line over {len(seen)} frames; "
+        f"track.roll_check.max_roll_deg={p.max_roll_deg:g})"
+    )
+    if p.on_fail == "warning":
+        msg = f"{video}: {what}; {tag}"
+        warnings.append(msg)
+        log.warning("%s", msg)
+        return stats
+    raise InputError(
+        f"{video}: {what}: {tag}. Fix the tag without re-encoding: "
+        f"ffmpeg -display_rotation {fix:g} -i {video} -c copy FIXED.mp4, point the subject's video at FIXED.mp4 and rerun "
+        "(or set track.roll_check.on_fail: warning in params.yaml if the head really is tilted)."
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -643,6 +690,8 @@ def track(
                 bar.update(task, completed=i + 1, rate=(i + 1) / (time.perf_counter() - t_loop))
         t_pass = time.perf_counter() - t_loop
     landmarks = check_and_interpolate(landmarks, detected, extract_dir / "frames", params)
+    warnings: list[str] = []
+    roll = check_roll(info, landmarks, detected, params.roll_check, warnings)
 
     t0 = time.perf_counter()
     cam = fit_camera(landmarks, detected, info.width, info.height, params)
@@ -686,6 +735,8 @@ def track(
             "rigid_landmarks_refined": _stats(err1[detected]),
         },
         "jitter": {"initial": jit0, "refined": jit1},
+        "head_roll_deg": roll,
+        "warnings": warnings,
         "keypoints": {**tracks.stats, **(ba.stats if ba else {})},
         "conventions": "OpenCV camera (x right, y down, z forward); world_to_camera 4x4 X_cam = R X_world + t; "
         "world in metres, head static; K in pixels, continuous pixel coordinates (pixel centres at +0.5)",

@@ -32,6 +32,7 @@ from talkgs.models.conditioning.base import FrameCondition
 from talkgs.models.contract import Batch, FramePool, FrameView, IdentityStats, region_box
 from talkgs.render.camera import Camera
 from talkgs.train.samplers import frame_order
+from talkgs.train.frames import LazyFrames
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,8 @@ class SubjectData:
 
     Attributes:
         name: subject name (for logs).
-        images: ``uint8 [T, H, W, 3]`` RGB frames.
+        images: ``uint8 [T, H, W, 3]`` RGB frames (a tensor, or :class:`LazyFrames` read when
+            indexed; the same for ``backgrounds`` and ``labels``).
         backgrounds: ``uint8 [T, H, W, 3]`` what the head is splatted onto for each frame (the
             torso frame: background plate + torso with the head removed).
         plate: ``uint8 [H, W, 3]`` background plate (no person).
@@ -91,20 +93,25 @@ class SubjectData:
         canonical_landmarks: ``float32 [478, 3]`` the person's rigid landmark shape (world).
         au45: ``float32 [T]`` blink intensity 0-5.
         audio: ``float32 [T, W, C]`` audio feature window per frame.
-        train_idx, test_idx: ``int64`` frame indices of the splits.
+        train_idx, test_idx: ``int64`` frame indices of the splits: the frames where the face
+            mesh found the face (``detected`` in ``frames.parquet``); the others are ``excluded``.
         fps: frame rate.
         audio_path: the subject's wav (for muxing test renders), or None.
         source_size: extracted resolution (before any resize).
         audio_feature: name of the audio feature (``mel``, ``hubert``, ...).
         expression: ``float32 [T, E]`` upper-face expression signals (``frames.parquet``), or
             ``[T, 0]`` when not loaded.
+        excluded: ``int64`` frames in neither split: the face mesh failed there (the track
+            stage filled their landmarks and pose in from the neighbours: no training target).
+        test_start: first frame of the test part of the clip (default: the first test frame);
+            ``train_span`` / ``test_span`` are the contiguous parts, excluded frames included.
     """
 
     name: str
-    images: Tensor
-    backgrounds: Tensor
+    images: Tensor | LazyFrames
+    backgrounds: Tensor | LazyFrames
     plate: Tensor
-    labels: Tensor | None
+    labels: Tensor | LazyFrames | None
     viewmats: Tensor
     K: Tensor
     landmarks: Tensor
@@ -119,6 +126,8 @@ class SubjectData:
     audio_feature: str = "mel"
     info: dict[str, Any] = field(default_factory=dict)
     expression: Tensor | None = None
+    excluded: Tensor | None = None
+    test_start: int | None = None
 
     def __post_init__(self) -> None:
         t, h, w = self.images.shape[:3]
@@ -147,6 +156,10 @@ class SubjectData:
             raise ValueError(f"SubjectData {self.name}: expression must be [T={t}, E], found {list(self.expression.shape)}")
         if not self.source_size:
             self.source_size = w
+        if self.excluded is None:
+            self.excluded = torch.zeros(0, dtype=torch.int64)
+        if self.test_start is None:
+            self.test_start = int(self.test_idx[0]) if len(self.test_idx) else t
 
     # ------------------------------------------------------------------------------------------
     @property
@@ -265,6 +278,17 @@ class SubjectData:
         return IdentityStats(viewmats=self.viewmats[idx], audio=self.audio[idx], expression=self.expression[idx])
 
     @property
+    def train_span(self) -> Tensor:
+        """``int64``: every frame of the training part of the clip (excluded ones included), in order."""
+        return torch.arange(0, int(self.test_start or 0))
+
+    @property
+    def test_span(self) -> Tensor:
+        """``int64``: every frame of the test part of the clip (excluded ones included): what is
+        rendered for evaluation (continuous video and audio); the metrics skip the excluded ones."""
+        return torch.arange(int(self.test_start or 0), self.n_frames)
+
+    @property
     def train_seconds(self) -> float:
         """Length of the training split in seconds."""
         return len(self.train_idx) / self.fps
@@ -276,8 +300,8 @@ class SubjectData:
         Raises:
             FewShotUnavailable: the training split is shorter than ``seconds``.
         """
-        n = fewshot_frames(self.name, seconds, self.fps, len(self.train_idx))
-        return replace(self, train_idx=self.train_idx[:n].clone(), info={**self.info, "train_seconds": float(seconds)})
+        n = fewshot_frames(self.name, seconds, self.fps, len(self.train_span))
+        return replace(self, train_idx=self.train_idx[self.train_idx < n].clone(), info={**self.info, "train_seconds": float(seconds)})
 
     def resized(self, size: int) -> SubjectData:
         """This subject at ``size x size`` (images area-resampled, labels nearest, K scaled)."""
@@ -287,7 +311,10 @@ class SubjectData:
 
         s = size / self.width
 
-        def rs(x: Tensor, interp: int) -> Tensor:
+        def rs(x: Tensor | LazyFrames, interp: int) -> Tensor | LazyFrames:
+            if isinstance(x, LazyFrames):
+                read = x.read
+                return LazyFrames(x.paths, lambda p: cv2.resize(read(p), (size, size), interpolation=interp), (size, size, *x.frame_shape[2:]))
             arr = x.numpy()
             out = np.stack([cv2.resize(a, (size, size), interpolation=interp) for a in arr])
             return torch.from_numpy(out)
@@ -380,11 +407,49 @@ def _read_label(path: Path) -> np.ndarray:
     return img
 
 
-def _load_many(fn, paths: list[Path]) -> np.ndarray:  # noqa: ANN001
+def _load_many(fn, paths: list[Path], size: int | None = None, *, nearest: bool = False) -> np.ndarray:  # noqa: ANN001
+    """``fn`` of every path stacked into one array (each image resized to ``size x size`` as it is
+    read when given: area-resampled when shrinking, bilinear when growing, nearest for labels --
+    as :meth:`SubjectData.resized`)."""
     import concurrent.futures
 
+    load = _resizer(fn, size, nearest)
+    first = load(paths[0])
+    out = np.empty((len(paths), *first.shape), dtype=first.dtype)
+    out[0] = first
+
+    def put(k: int) -> None:
+        img = load(paths[k])
+        if img.shape != first.shape:
+            raise DataError(f"{paths[k]}: {img.shape[1]}x{img.shape[0]}, unlike {paths[0]} ({first.shape[1]}x{first.shape[0]}); rerun the stage that writes them")
+        out[k] = img
+
     with concurrent.futures.ThreadPoolExecutor(2) as ex:
-        return np.stack(list(ex.map(fn, paths)))
+        list(ex.map(put, range(1, len(paths))))
+    return out
+
+
+def _resizer(fn, size: int | None, nearest: bool):  # noqa: ANN001, ANN202
+    import cv2
+
+    def load(path: Path) -> np.ndarray:
+        img = fn(path)
+        if size is None or (img.shape[0] == size and img.shape[1] == size):
+            return img
+        interp = cv2.INTER_NEAREST if nearest else (cv2.INTER_AREA if size < img.shape[1] else cv2.INTER_LINEAR)
+        return cv2.resize(img, (size, size), interpolation=interp)
+
+    return load
+
+
+def _lazy_many(fn, paths: list[Path], size: int | None = None, *, nearest: bool = False) -> LazyFrames:  # noqa: ANN001
+    """:func:`_load_many` decoded on access (the first file is read now, for the shape)."""
+    load = _resizer(fn, size, nearest)
+    return LazyFrames(paths, load, load(paths[0]).shape)
+
+
+def _tensor(x: np.ndarray | LazyFrames) -> Tensor | LazyFrames:
+    return x if isinstance(x, LazyFrames) else torch.from_numpy(x)
 
 
 def _need(path: Path, stage: str, subject_dir: Path) -> Path:
@@ -420,6 +485,7 @@ def load_subject(
     resolution: int | None = None,
     audio_feature: str = "mel",
     load_labels: bool = True,
+    lazy: bool = False,
 ) -> SubjectData:
     """Load subject ``data/<S>`` (folders ``extract``, ``segment``, ``track``, ``features``).
 
@@ -428,6 +494,9 @@ def load_subject(
         resolution: square size to resize to (None: as extracted).
         audio_feature: which ``audio_<feature>.parquet`` to read.
         load_labels: also load the label maps (initialisation, region metrics).
+        lazy: frames, torso frames and labels as :class:`~talkgs.train.frames.LazyFrames`
+            (decoded when indexed: memory flat in clip length, for rendering and synthesis)
+            instead of arrays (training, which visits random frames every step).
 
     Raises:
         DataError: an input is missing or inconsistent (message names the stage to run).
@@ -443,33 +512,61 @@ def load_subject(
     frames, audio = _load_features(subject_dir, n, audio_feature)
     if "canonical_landmarks" not in frames.meta:
         raise DataError(f"{subject_dir / 'features' / 'frames.parquet'}: metadata lacks canonical_landmarks; rerun the features stage")
-    images = _load_many(_read_rgb, [ex / (pattern % i) for i in range(n)])
-    torso = _load_many(_read_rgb, [seg / "torso" / f"{i:06d}.jpg" for i in range(n)])
     plate = _read_rgb(_need(seg / "background.png", "segment", subject_dir))
-    labels = _load_many(_read_label, [seg / "labels" / f"{i:06d}.png" for i in range(n)]) if load_labels else None
-    size = images.shape[2]
+    src_h, src_w = _read_rgb(ex / (pattern % 0)).shape[:2]
+    size = src_w
     img_size = frames.meta.get("image_size")
-    if img_size is not None and list(img_size) != [images.shape[2], images.shape[1]]:
-        raise DataError(f"{subject_dir / 'features'}: built for {img_size} frames, extract has {images.shape[2]}x{images.shape[1]}; rerun track and features")
+    if img_size is not None and list(img_size) != [src_w, src_h]:
+        raise DataError(f"{subject_dir / 'features'}: built for {img_size} frames, extract has {src_w}x{src_h}; rerun track and features")
+    # frames are resized as they are read (as resized() does, frame by frame): a 128² training
+    # load never holds the clip at its extracted resolution (1,779 frames at 512² are 2.8 GB)
+    to = resolution if resolution is not None and resolution != size else None
+    load = _lazy_many if lazy else _load_many
+    images = load(_read_rgb, [ex / (pattern % i) for i in range(n)], to)
+    torso = load(_read_rgb, [seg / "torso" / f"{i:06d}.jpg" for i in range(n)], to)
+    labels = load(_read_label, [seg / "labels" / f"{i:06d}.png" for i in range(n)], to, nearest=True) if load_labels else None
     fx, fy, cx, cy = (float(v) for v in frames.intrinsics[0])
     K = np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]], np.float32)
+    landmarks = torch.from_numpy(np.array(frames.landmarks[..., :2], np.float32))
+    if to is not None:  # the frames are at `to` already: scale the rest as resized() does
+        import cv2
+
+        sc = to / size
+        K[:2] *= np.float32(sc)
+        landmarks = landmarks * sc
+        plate = cv2.resize(plate, (to, to), interpolation=cv2.INTER_AREA if sc < 1 else cv2.INTER_LINEAR)
     split_train = int((frames.split == "train").sum())
     if split_train != n_train:
         raise DataError(f"{subject_dir}: features split has {split_train} train frames, extract meta says {n_train}; rerun the features stage")
+    detected = np.asarray(frames.detected, bool)
+    excluded = np.nonzero(~detected)[0]
+    train_idx, test_idx = np.nonzero(detected[:n_train])[0], n_train + np.nonzero(detected[n_train:])[0]
+    if len(train_idx) == 0 or len(test_idx) == 0:
+        which = "training" if len(train_idx) == 0 else "test"
+        raise DataError(
+            f"{subject_dir / 'features' / 'frames.parquet'}: the face mesh found the face in no frame of the {which} split; "
+            "look at the track stage's report.png and use a clip where the face is visible"
+        )
+    if len(excluded):
+        log.info(
+            "%s: %d frame(s) without a detected face left out of training (%d) and evaluation (%d): %s%s",
+            subject_dir.name, len(excluded), int((excluded < n_train).sum()), int((excluded >= n_train).sum()),
+            ", ".join(map(str, excluded[:12].tolist())), " ..." if len(excluded) > 12 else "",
+        )  # fmt: skip
     data = SubjectData(
         name=subject_dir.name,
-        images=torch.from_numpy(images),
-        backgrounds=torch.from_numpy(torso),
+        images=_tensor(images),
+        backgrounds=_tensor(torso),
         plate=torch.from_numpy(plate),
-        labels=None if labels is None else torch.from_numpy(labels),
+        labels=None if labels is None else _tensor(labels),
         viewmats=torch.from_numpy(np.array(frames.world_to_camera, np.float32)),
         K=torch.from_numpy(K),
-        landmarks=torch.from_numpy(np.array(frames.landmarks[..., :2], np.float32)),
+        landmarks=landmarks,
         canonical_landmarks=torch.tensor(frames.meta["canonical_landmarks"], dtype=torch.float32),
         au45=torch.from_numpy(np.array(frames.blink, np.float32)),
         audio=torch.from_numpy(np.array(audio.features, np.float32)),
-        train_idx=torch.arange(0, n_train),
-        test_idx=torch.arange(n_train, n),
+        train_idx=torch.from_numpy(train_idx.astype(np.int64)),
+        test_idx=torch.from_numpy(test_idx.astype(np.int64)),
         fps=fps,
         audio_path=ex / str(meta["output"]["audio"]),
         source_size=size,
@@ -479,9 +576,9 @@ def load_subject(
             "expression_names": list(frames.meta.get("expression_names", [])),
         },
         expression=torch.from_numpy(np.array(frames.expression, np.float32)),
+        excluded=torch.from_numpy(excluded.astype(np.int64)),
+        test_start=n_train,
     )  # fmt: skip
-    if resolution is not None and resolution != size:
-        data = data.resized(resolution)
     return data
 
 

@@ -47,7 +47,7 @@ import torch
 from torch import Tensor
 
 from talkgs.configlib import dump_yaml, to_dict
-from talkgs.io.atomic import write_json, write_text
+from talkgs.io.atomic import sweep_temp, write_json, write_text
 from talkgs.models.contract import Batch, BuildContext, Callback, Loss, LossContext, Outputs, PointCloudSpec, RenderSettings
 from talkgs.models.model import TalkingModel
 from talkgs.models.registry import build
@@ -202,32 +202,20 @@ def _set_lrs(opt: torch.optim.Optimizer | None, phase: PhaseParams, local: int, 
 
 
 class _Progress:
-    def __init__(self, enabled: bool, total: int, start: int) -> None:
-        self.enabled = enabled
-        self.bar = None
-        if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    """The training progress bar (a plain line every few seconds when stderr is not a terminal)."""
 
-            self.bar = Progress(
-                TextColumn("[bold]{task.fields[phase]:<12}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]:.4f}"),
-                TextColumn("{task.fields[gaussians]:>6} G"),
-                TextColumn("{task.fields[rate]:>5.1f} it/s"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-            )
-            self.bar.start()
-            self.task = self.bar.add_task("train", total=total, completed=start, phase="", loss=0.0, gaussians=0, rate=0.0)
+    def __init__(self, enabled: bool, total: int, start: int, label: str = "train") -> None:
+        from talkgs.progress import progress_bar
+
+        self.bar = progress_bar(enabled, "steps", fields="phase {phase}, loss {loss:.4f}, {gaussians} Gaussians", count="step")
+        self.bar.start()
+        self.task = self.bar.add_task(label, total=total, completed=start, phase="", loss=0.0, gaussians=0, rate=0.0)
 
     def update(self, step: int, **fields: Any) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, completed=step, **fields)
+        self.bar.update(self.task, completed=step, **fields)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
+        self.bar.stop()
 
 
 _TIMED = ("it_s", "elapsed_s")
@@ -344,6 +332,7 @@ def train(
         FewShotUnavailable: the training split is shorter than ``train_seconds``.
     """
     out_dir = Path(out_dir)
+    sweep_temp(out_dir)  # e.g. a half-written checkpoint of a killed run (the folder persists across runs)
     device = torch.device(device)
     # losses first: a missing LPIPS backbone stops the run before any work
     loss_names = sorted({n for ph in variant.phases for n, w in ph.losses.items() if w > 0})
@@ -506,16 +495,23 @@ def train(
         )
         write_text(out_dir / "curves.csv", _curves_csv(curves, loss_names, lr_groups))
 
+    # frames of the training part where the face mesh failed: not trained on (SubjectData.excluded)
+    excluded = {d.name: [int(i) for i in d.excluded.tolist() if i < int(d.test_start)] for d in datasets}  # type: ignore[union-attr]
+    n_excluded = sum(map(len, excluded.values()))
+    if n_excluded:
+        log.info("training frames without a detected face, left out: %s", "; ".join(f"{k}: {len(v)}" for k, v in excluded.items()))
+
     def write_config() -> None:
         text = "# resolved training config (talkgs.train.loop.train)\n" + dump_yaml(
             {"variant": cfg, "seed": seed, "device": str(device), "data": fp, "extent": extent,
-             "init_from": None if init_from is None else str(init_from)}  # fmt: skip
+             "init_from": None if init_from is None else str(init_from),
+             "excluded_frames": {"why": "no face detected by the track stage's face mesh", "count": n_excluded, "frames": excluded}}  # fmt: skip
         )
         write_text(out_dir / "config.yaml", text)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     write_config()
-    bar = _Progress(progress, total, step)
+    bar = _Progress(progress, total, step, f"train {'+'.join(d.name for d in datasets)}/{out_dir.name}")
     t_window, n_window, rate = time.perf_counter(), 0, 0.0
     t_run = time.perf_counter()
     last_terms: dict[str, float] = {}
@@ -614,6 +610,7 @@ def train(
         "steps": step,
         "total_steps": total,
         "train_frames": int(pool.total),
+        "train_frames_excluded": n_excluded,
         "finished": finished,
         "gaussians": model.n,
         "elapsed_s": round(elapsed, 2) if timing_known else None,

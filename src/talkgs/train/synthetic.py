@@ -121,11 +121,12 @@ def synthetic_subject(
     )
 
 
-def write_subject_folder(data: SubjectData, root, wav, *, audio_window: int = 4, n_mels: int = 8) -> SubjectData:  # noqa: ANN001
+def write_subject_folder(data: SubjectData, root, wav, *, audio_window: int = 4, n_mels: int = 8, undetected=()) -> SubjectData:  # noqa: ANN001
     """Write ``data`` as a subject folder in the pipeline's layout (``extract/``, ``segment/``,
     ``features/`` with real Parquet tables; audio features of ``wav`` through the features
     stage's mel encoder), so tests can exercise :func:`~talkgs.train.data.load_subject` and the
-    synthesis entry points on disk. Returns ``data`` with the encoder's audio windows.
+    synthesis entry points on disk. ``undetected``: frames written as where the face mesh failed
+    (``detected`` false). Returns ``data`` with the encoder's audio windows.
     """
     import json
     from pathlib import Path
@@ -165,7 +166,7 @@ def write_subject_folder(data: SubjectData, root, wav, *, audio_window: int = 4,
     table = FramesTable(
         time_s=np.arange(n) / data.fps,
         split=np.where(np.arange(n) < n_train, "train", "test").astype(object),
-        detected=np.ones(n, bool),
+        detected=~np.isin(np.arange(n), np.asarray(undetected, np.int64)),
         world_to_camera=data.viewmats.numpy(),
         intrinsics=np.tile(np.array([K[0, 0], K[1, 1], K[0, 2], K[1, 2]], np.float32), (n, 1)),
         landmarks=lm3,

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from talkgs.configlib import NON_NEGATIVE, WIDTH, Range
-from talkgs.models.canonical import mlp
+from talkgs.models.canonical import mlp, run_heads
 from talkgs.models.gaussians import ATTRIBUTES, GaussianAttributes
 from talkgs.models.registry import ComponentConfig, register
 
@@ -87,12 +87,16 @@ class CrossAttention(nn.Module):
 
     def forward(self, x: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
         """Returns the attended values ``[N, dim]`` and the attention weights ``[N, heads, T]``."""
-        n, t = x.shape[0], tokens.shape[0]
-        q = self.q(x).view(n, self.heads, self.dh)
-        k, v = self.kv(tokens).view(t, 2, self.heads, self.dh).unbind(1)
-        att = torch.einsum("nhd,thd->nht", q, k) * self.dh**-0.5
-        att = att.softmax(dim=-1)
-        out = torch.einsum("nht,thd->nhd", att, v).reshape(n, -1)
+        n, t, h = x.shape[0], tokens.shape[0], self.heads
+        q = self.q(x)  # [N, h*dh]
+        k, v = self.kv(tokens).view(t, 2, h, self.dh).unbind(1)  # [T, h, dh] each
+        # per-head scores and mixing as two [N, h*dh] x block-diagonal products (the same sums as
+        # einsum("nhd,thd->nht") and einsum("nht,thd->nhd"), without permuting the N-sized tensors)
+        eye = torch.eye(h, dtype=x.dtype, device=x.device)
+        k_bd = (k.permute(1, 2, 0)[:, :, None, :] * eye[:, None, :, None]).reshape(h * self.dh, h * t)
+        v_bd = (v.permute(1, 0, 2)[:, :, None, :] * eye[:, None, :, None]).reshape(h * t, h * self.dh)
+        att = (q @ k_bd * self.dh**-0.5).view(n, h, t).softmax(dim=-1)
+        out = att.reshape(n, h * t) @ v_bd
         return self.o(out), att
 
 
@@ -162,8 +166,7 @@ class SpatialAudioAttention(nn.Module):
             z = z + ffn(nf(z))
         n = z.shape[0]
         out: dict[str, Tensor] = {}
-        for a, head in self.heads.items():
-            d = head(z)
+        for (a, _head), d in zip(self.heads.items(), run_heads(z, list(self.heads.values()))):
             if a == "opacity_logits":
                 d = d[:, 0]
             elif a == "sh":

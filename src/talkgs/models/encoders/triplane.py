@@ -99,6 +99,16 @@ class Triplane(nn.Module):
         if x.ndim != 2 or x.shape[1] != 3:
             raise ValueError(f"Triplane: expected positions [N, 3], found {list(x.shape)}")
         u = self.normalize(x)
+        if x.device.type == "cpu" and all(p.dtype in (torch.float32, torch.float64) for p in self.planes):
+            # the fused numba kernels (same values; ~6x faster forward + backward on 2 cores)
+            from talkgs.models.encoders.triplane_cpu import triplane_sample
+
+            return torch.cat([triplane_sample(planes, u) for planes in self.planes], dim=-1)
+        return self.forward_reference(x)
+
+    def forward_reference(self, x: Tensor) -> Tensor:
+        """:meth:`forward` in torch ops (``grid_sample``): any device."""
+        u = self.normalize(x)
         # grid_sample takes (x=width coord, y=height coord) in [-1, 1]
         grid = torch.stack([u[:, list(p)] for p in PLANES])[:, None]  # [3, 1, N, 2]
         feats = []
