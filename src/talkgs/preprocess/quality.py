@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
+
+from talkgs.configlib import FRACTION, Range
 
 OnFail = Literal["error", "warning"]
 
@@ -34,13 +36,13 @@ class SpeechCheckParams:
     on_fail: OnFail = "error"
     """``error``: the extract stage stops (exit 2) naming the file and the fix; ``warning``: it
     goes on, the warning lands in ``meta.json`` and the log."""
-    min_voiced_fraction: float = 0.1
+    min_voiced_fraction: Annotated[float, FRACTION] = 0.1
     """Fewer voiced windows than this fraction of the clip: no speech (noise, hum, silence + clicks)."""
-    max_voiced_fraction: float = 0.9
+    max_voiced_fraction: Annotated[float, FRACTION] = 0.9
     """More than this: a steady tone or music, not speech (which pauses between words)."""
-    max_spectral_flatness: float = 0.2
+    max_spectral_flatness: Annotated[float, Range(0, 1, lo_open=True)] = 0.2
     """Median spectral flatness above this: noise (flat spectrum), not harmonic speech."""
-    min_level_std_db: float = 3.0
+    min_level_std_db: Annotated[float, Range(0, 40, unit="dB")] = 3.0
     """Window levels varying less than this (dB, std): a steady sound, not syllables."""
 
     def __post_init__(self) -> None:
@@ -62,7 +64,7 @@ class RollCheckParams:
     on_fail: OnFail = "error"
     """``error``: the track stage stops (exit 2) naming the video, the rotation tag and the
     ffmpeg fix; ``warning``: it goes on, the warning lands in ``report.json`` and the log."""
-    max_roll_deg: float = 45.0
+    max_roll_deg: Annotated[float, Range(5, 90, unit="degrees")] = 45.0
     """Largest median head roll (angle of the eye line, degrees) accepted as upright."""
 
     def __post_init__(self) -> None:
