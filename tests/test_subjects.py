@@ -128,6 +128,12 @@ def _silent(ff, src: Path, d: Path) -> Path:
     return d / "x.mp4"
 
 
+def _pink_noise(ff, src: Path, d: Path) -> Path:
+    ff("-i", str(src), "-f", "lavfi", "-i", "anoisesrc=color=pink:amplitude=0.3:r=48000", "-map", "0:v", "-map", "1:a",
+       "-c:v", "copy", "-c:a", "aac", "-shortest", str(d / "x.mp4"))  # fmt: skip
+    return d / "x.mp4"
+
+
 def _short(ff, src: Path, d: Path) -> Path:
     ff("-i", str(src), "-t", "1", *X264, "-c:a", "aac", str(d / "x.mp4"))
     return d / "x.mp4"
@@ -144,6 +150,7 @@ def _text(ff, src: Path, d: Path) -> Path:
         (_text, r"x\.mp4: cannot be read as a video .*re-encode it"),
         (_no_audio, r"x\.mp4: has no audio track.*ffmpeg -i VIDEO -i SPEECH\.wav"),
         (_silent, r"x\.mp4: the audio track is silent.*use the original recording with sound"),
+        (_pink_noise, r"x\.mp4: the audio track does not sound like speech.*extract\.speech_check\.on_fail: warning"),
         (_short, r"x\.mp4: the video is 1\.\d+ s long, shorter than extract\.min_duration_s=2 s\. Use a longer clip"),
     ],
 )

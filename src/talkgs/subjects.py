@@ -19,7 +19,7 @@ from typing import Any
 
 from talkgs import paths
 from talkgs.config import RESERVED_NAMES, SUBJECT_NAME, ConfigError, load_params, parse_params
-from talkgs.io.atomic import atomic_path, write_bytes, write_text
+from talkgs.io.atomic import atomic_path, temp_prefix, write_bytes, write_text
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +259,7 @@ class _Undo:
     def move_aside(self, path: Path) -> None:
         """Rename a (large) file to a hidden sibling; it comes back on undo, is deleted on commit."""
         if path.exists():
-            backup = path.with_name(f".{path.name}.{os.getpid()}.undo.tmp")
+            backup = path.with_name(f"{temp_prefix(path)}undo")  # the temp-file convention: swept, DVC-ignored
             os.replace(path, backup)
             self._moved.append((path, backup))
 
@@ -297,7 +297,8 @@ def add_subject(
     Everything is checked before anything is written: the name (syntax, reserved names), the
     resolution override (the bounds of ``subjects.<name>.resolution``), the file (exists, a
     video extension, and :func:`talkgs.preprocess.extract.probe_input`: a readable video stream,
-    not truncated, long enough, an audio track that is not silent), an existing subject of that
+    not truncated, long enough, an audio track that is not silent; and ``extract.speech_check``:
+    it sounds like speech), an existing subject of that
     name (``force`` replaces it), and that the copy would not overwrite a file another stage
     produces (``data/raw/demo.mp4`` is stage make_demo's) or another entry uses. Then the copy,
     ``dvc add`` and the params edit happen as one step: if one fails the others are undone.
@@ -342,10 +343,14 @@ def add_subject(
 
     import dataclasses
 
-    from talkgs.preprocess.extract import probe_input
+    from talkgs.preprocess.extract import check_speech, probe_input
+    from talkgs.preprocess.quality import speech_activity
 
     ex = params.extract if resolution is None else dataclasses.replace(params.extract, resolution=resolution)
-    probe_input(video, ex)  # InputError: "<video>: <what is wrong>. <fix>"
+    probed = probe_input(video, ex)  # InputError: "<video>: <what is wrong>. <fix>"
+    frames = max(1, int(round(probed.timing.duration_s * ex.fps)))  # the speech gate, on what extract measures
+    n = int(round(frames * ex.sample_rate / ex.fps))
+    check_speech(video, speech_activity(probed.audio[:n], ex.sample_rate), ex.speech_check, lambda m: log.warning("%s: %s", video, m))
 
     def edit(doc: Any) -> None:
         from ruamel.yaml.comments import CommentedMap
