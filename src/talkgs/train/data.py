@@ -314,7 +314,7 @@ class SubjectData:
         def rs(x: Tensor | LazyFrames, interp: int) -> Tensor | LazyFrames:
             if isinstance(x, LazyFrames):
                 read = x.read
-                return LazyFrames(x.paths, lambda p: cv2.resize(read(p), (size, size), interpolation=interp), (size, size, *x.frame_shape[2:]))
+                return LazyFrames(x.paths, lambda p: cv2.resize(read(p), (size, size), interpolation=interp), (size, size, *x.frame_shape[2:]), error=x.error)
             arr = x.numpy()
             out = np.stack([cv2.resize(a, (size, size), interpolation=interp) for a in arr])
             return torch.from_numpy(out)
@@ -445,7 +445,7 @@ def _resizer(fn, size: int | None, nearest: bool):  # noqa: ANN001, ANN202
 def _lazy_many(fn, paths: list[Path], size: int | None = None, *, nearest: bool = False) -> LazyFrames:  # noqa: ANN001
     """:func:`_load_many` decoded on access (the first file is read now, for the shape)."""
     load = _resizer(fn, size, nearest)
-    return LazyFrames(paths, load, load(paths[0]).shape)
+    return LazyFrames(paths, load, load(paths[0]).shape, error=DataError)
 
 
 def _tensor(x: np.ndarray | LazyFrames) -> Tensor | LazyFrames:

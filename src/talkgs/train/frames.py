@@ -29,9 +29,13 @@ class LazyFrames:
         read: ``path -> np.ndarray`` (``[H, W, C]`` or ``[H, W]``, uint8); raises on a bad file.
         shape: the shape of one decoded frame (checked on every read).
         cache: how many decoded frames to keep (most recently used).
+        error: the exception raised for a frame of another shape (the loader's ``DataError``).
     """
 
-    def __init__(self, paths: Sequence[Path], read: Callable[[Path], np.ndarray], shape: tuple[int, ...], cache: int = 8) -> None:
+    def __init__(
+        self, paths: Sequence[Path], read: Callable[[Path], np.ndarray], shape: tuple[int, ...], cache: int = 8, error: type[Exception] = ValueError
+    ) -> None:
+        self.error = error
         self.paths = list(paths)
         self.read = read
         self.frame_shape = tuple(int(s) for s in shape)
@@ -64,9 +68,7 @@ class LazyFrames:
             return hit
         img = self.read(self.paths[i])
         if tuple(img.shape) != self.frame_shape:
-            from talkgs.train.data import DataError
-
-            raise DataError(f"{self.paths[i]}: {list(img.shape)}, unlike the clip's other frames {list(self.frame_shape)}; rerun the stage that writes it")
+            raise self.error(f"{self.paths[i]}: {list(img.shape)}, unlike the clip's other frames {list(self.frame_shape)}; rerun the stage that writes it")
         t = torch.from_numpy(np.ascontiguousarray(img))
         self._cache[i] = t
         if len(self._cache) > self.cache_size:
