@@ -67,3 +67,11 @@ def test_synthesize_without_model_says_how_to_train(dvc_repo: Path, tmp_path: Pa
                "--audio", str(tmp_path / "a.wav"), "--out", str(tmp_path / "o.mp4")])  # fmt: skip
     assert rc == 2 and "dvc repro train@demo-gaussiantalker" in caplog.text
     assert not (tmp_path / "o.mp4").exists()
+
+
+def test_python_dash_m_talkgs_is_the_command() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "talkgs", "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "add-subject" in out.stdout, out.stderr
