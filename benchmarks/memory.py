@@ -6,7 +6,9 @@ Runs each measurement in a fresh subprocess (peak RSS is per process) and prints
 peak RSS, the RSS before loading (interpreter + torch), the arrays' own size and the time:
 
 - ``train``: ``load_subject(S, resolution=R)`` (what training does);
-- ``evaluate``: ``load_subject(S)`` at the extracted resolution (what evaluation and synthesis do).
+- ``evaluate``: ``load_subject(S, lazy=True)`` at the extracted resolution, then every test frame
+  read once (what rendering the test split and synthesis do: frames decoded when indexed);
+- ``evaluate_eager``: the same with the whole clip loaded as arrays (the old way, for before/after).
 
 ``--whole-then-resize`` also measures the old way of the training load (the whole clip at its
 extracted resolution, then resized), for before/after. Peak memory targets of the issues are
@@ -22,7 +24,7 @@ import sys
 from pathlib import Path
 
 CHILD = r"""
-import talkgs, json, resource, sys, time
+import talkgs, json, resource, sys, time, torch
 from talkgs.train.data import load_subject
 def rss_mb():
     with open("/proc/self/status") as f:
@@ -37,10 +39,16 @@ if case == "train":
     d = load_subject(path, resolution=res)
 elif case == "train_whole_then_resize":
     d = load_subject(path).resized(res)
+elif case == "evaluate":
+    d = load_subject(path, lazy=True)
+    for i in d.test_idx.tolist():
+        d.images[i], d.backgrounds[i]
 else:
     d = load_subject(path)
+    for i in d.test_idx.tolist():
+        d.images[i], d.backgrounds[i]
 dt = time.perf_counter() - t0
-arrays = sum(t.numel() * t.element_size() for t in (d.images, d.backgrounds, d.labels) if t is not None) / 2**20
+arrays = sum(t.numel() * t.element_size() for t in (d.images, d.backgrounds, d.labels) if isinstance(t, torch.Tensor)) / 2**20
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({"case": case, "frames": d.n_frames, "size": d.width, "peak_mb": peak, "before_mb": before, "arrays_mb": arrays, "seconds": dt}))
 """
@@ -50,12 +58,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--subject-dir", type=Path, default=Path("data/demo"))
     ap.add_argument("--resolution", type=int, default=128, help="training resolution (the cpu preset's: 128)")
-    ap.add_argument("--whole-then-resize", action="store_true", help="also measure the old training load (before/after)")
+    ap.add_argument("--whole-then-resize", action="store_true", help="also measure the old loads (before/after)")
     args = ap.parse_args()
     if not (args.subject_dir / "features").is_dir():
         raise SystemExit(f"{args.subject_dir}: not a preprocessed subject (run `make demo` or `dvc repro features@<S> segment@<S>`)")
-    cases = ["train", *(["train_whole_then_resize"] if args.whole_then_resize else []), "evaluate"]
-    print(f"{args.subject_dir} | case | frames | size | peak RSS MB | RSS before load MB | frame arrays MB | seconds")
+    cases = ["train", *(["train_whole_then_resize"] if args.whole_then_resize else []), "evaluate", *(["evaluate_eager"] if args.whole_then_resize else [])]
+    print(f"| {args.subject_dir} case | frames | size | peak RSS MB | RSS before load MB | frame arrays MB | seconds")
     for case in cases:
         out = subprocess.run([sys.executable, "-c", CHILD, case, str(args.subject_dir), str(args.resolution)], capture_output=True, text=True, check=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
