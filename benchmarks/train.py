@@ -4,8 +4,9 @@
                                [--preset cpu] [--steps 40] [--device cpu] [--reference-kernels]
 
 For every variant of ``params.yaml`` (with the preset applied) and every one of its phases,
-trains ``--steps`` steps of that phase alone (a fresh model; the first 5 steps are warm-up and
-not counted) through the real trainer, and times each part of a step by wrapping the functions
+trains ``--steps`` steps of that phase alone (a fresh model initialised with the preset's
+``max_gaussians`` points, the size a real run densifies to, unless ``--preset-init``; the first 5
+steps are warm-up and not counted) through the real trainer, and times each part of a step by wrapping the functions
 the trainer calls:
 
 - ``data``: the sampler + building the batch (frames, conditions, targets);
@@ -124,6 +125,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--preset-init", action="store_true", help="start at the preset's init_points instead of its max_gaussians")
     ap.add_argument("--reference-kernels", action="store_true", help="torch formulations instead of the fused CPU kernels (before/after)")
     args = ap.parse_args()
     if args.reference_kernels:
@@ -137,6 +139,12 @@ def main() -> None:
 
     params = load_params(args.params)
     tp = dataclasses.replace(params.train, preset=None if args.preset == "none" else args.preset)
+    if args.preset != "none" and not args.preset_init:
+        # start every phase at the preset's Gaussian budget: a fresh model has only init_points
+        # (4k in the cpu preset), a real run densifies up to max_gaussians before the later phases
+        pr = tp.presets[args.preset]
+        if pr.max_gaussians is not None:
+            tp = dataclasses.replace(tp, presets={**tp.presets, args.preset: dataclasses.replace(pr, init_points=pr.max_gaussians)})
     variants = args.variants or list(params.train.variants)
     results: dict[str, dict] = {}
     for name in variants:
