@@ -12,35 +12,15 @@ import numpy as np
 import pytest
 
 from talkgs.preprocess.errors import InputError
+from badclips import X264, base_clip, no_audio, short, silent
 from talkgs.preprocess.extract import ExtractParams, extract
 from talkgs.preprocess.segment import SegmentParams, segment
 
 PARAMS = ExtractParams(resolution=96)
-X264 = ["-c:v", "libx264", "-preset", "ultrafast"]
-
-
 @pytest.fixture(scope="module")
 def base(may_video: Path, ffmpeg, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """3 s of may_5s at 160² with its speech (AAC)."""
-    out = tmp_path_factory.mktemp("bad") / "base.mp4"
-    ffmpeg("-i", str(may_video), "-t", "3", "-vf", "scale=160:160", *X264, "-c:a", "aac", str(out))
-    return out
-
-
-def _no_audio(ff, base: Path, d: Path) -> Path:
-    ff("-i", str(base), "-an", "-c:v", "copy", str(d / "x.mp4"))
-    return d / "x.mp4"
-
-
-def _silent(ff, base: Path, d: Path) -> Path:
-    ff("-i", str(base), "-f", "lavfi", "-i", "anullsrc=r=48000:cl=stereo", "-map", "0:v", "-map", "1:a",
-       "-c:v", "copy", "-c:a", "aac", "-shortest", str(d / "x.mp4"))  # fmt: skip
-    return d / "x.mp4"
-
-
-def _short(ff, base: Path, d: Path) -> Path:
-    ff("-i", str(base), "-t", "1", *X264, "-c:a", "aac", str(d / "x.mp4"))
-    return d / "x.mp4"
+    return base_clip(ffmpeg, may_video, tmp_path_factory.mktemp("bad") / "base.mp4")
 
 
 def _truncated(ff, base: Path, d: Path) -> Path:
@@ -87,9 +67,9 @@ def _audio_too_short(ff, base: Path, d: Path) -> Path:
 
 
 CASES: dict[str, tuple[Callable[..., Path], str]] = {
-    "no_audio": (_no_audio, "has no audio track"),
-    "silent_audio": (_silent, "audio track is silent"),
-    "too_short": (_short, "shorter than extract.min_duration_s"),
+    "no_audio": (no_audio, "has no audio track"),
+    "silent_audio": (silent, "audio track is silent"),
+    "too_short": (short, "shorter than extract.min_duration_s"),
     "truncated": (_truncated, "truncated"),
     "truncated_no_index": (_truncated_no_index, "cannot be read as a video"),
     "garbage": (_garbage, "cannot be read as a video"),
@@ -132,7 +112,7 @@ def test_failed_run_keeps_previous_output(base: Path, ffmpeg, tmp_path: Path) ->
     src = tmp_path / "src"
     src.mkdir()
     with pytest.raises(InputError):
-        extract(_no_audio(ffmpeg, base, src), out, PARAMS, progress=False)
+        extract(no_audio(ffmpeg, base, src), out, PARAMS, progress=False)
     assert (out / "meta.json").read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["extract", "src"]
 

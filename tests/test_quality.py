@@ -14,23 +14,14 @@ import numpy as np
 import pytest
 import yaml
 
+from badclips import X264, base_clip, with_audio
 from conftest import REPO
 from talkgs.cli import main
-
-X264 = ["-c:v", "libx264", "-preset", "ultrafast"]
-
 
 @pytest.fixture(scope="module")
 def base(may_video: Path, ffmpeg, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """3 s of may_5s at 160² with its speech (AAC)."""
-    out = tmp_path_factory.mktemp("quality") / "base.mp4"
-    ffmpeg("-i", str(may_video), "-t", "3", "-vf", "scale=160:160", *X264, "-c:a", "aac", str(out))
-    return out
-
-
-def _with_audio(ffmpeg, base: Path, lavfi: str, out: Path) -> Path:
-    ffmpeg("-i", str(base), "-f", "lavfi", "-i", lavfi, "-map", "0:v", "-map", "1:a", "-c:v", "copy", "-c:a", "aac", "-shortest", str(out))
-    return out
+    return base_clip(ffmpeg, may_video, tmp_path_factory.mktemp("quality") / "base.mp4")
 
 
 def _repo(root: Path, name: str, video: Path, **on_fail: str) -> Path:
@@ -61,7 +52,7 @@ NOT_SPEECH = {
 @pytest.mark.parametrize("kind", list(NOT_SPEECH))
 def test_audio_that_is_not_speech_stops_extract(kind: str, base: Path, ffmpeg, tmp_path: Path, caplog) -> None:
     lavfi, reason = NOT_SPEECH[kind]
-    video = _with_audio(ffmpeg, base, lavfi, tmp_path / f"{kind}.mp4")
+    video = with_audio(ffmpeg, base, lavfi, tmp_path / f"{kind}.mp4")
     root = _repo(tmp_path / "repo", "bad", video)
     assert main(["-q", "--root", str(root), "extract", "--subject", "bad"]) == 2
     msg = next(r.getMessage() for r in caplog.records if r.levelname == "ERROR")
@@ -72,7 +63,7 @@ def test_audio_that_is_not_speech_stops_extract(kind: str, base: Path, ffmpeg, t
 
 
 def test_not_speech_as_a_warning_lands_in_meta(base: Path, ffmpeg, tmp_path: Path, caplog) -> None:
-    video = _with_audio(ffmpeg, base, NOT_SPEECH["pink_noise"][0], tmp_path / "pink.mp4")
+    video = with_audio(ffmpeg, base, NOT_SPEECH["pink_noise"][0], tmp_path / "pink.mp4")
     root = _repo(tmp_path / "repo", "noisy", video, extract="warning")
     assert main(["-q", "--root", str(root), "extract", "--subject", "noisy"]) == 0
     meta = json.loads((root / "data/noisy/extract/meta.json").read_text())

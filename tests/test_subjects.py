@@ -9,21 +9,19 @@ from pathlib import Path
 
 import pytest
 
+from badclips import base_clip, no_audio, short, silent, with_audio
 from talkgs.cli import main
 from talkgs.config import ConfigError, load_params
 from talkgs.preprocess.errors import InputError
 from talkgs.subjects import add_subject, disable, enable, remove_subjects
 
 REPO = Path(__file__).resolve().parents[1]
-X264 = ["-c:v", "libx264", "-preset", "ultrafast"]
 
 
 @pytest.fixture(scope="module")
 def clip(may_video: Path, ffmpeg, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """2.5 s of may_5s at 128² with its speech."""
-    out = tmp_path_factory.mktemp("clips") / "My Clip.MP4"
-    ffmpeg("-i", str(may_video), "-t", "2.5", "-vf", "scale=128:128", *X264, "-c:a", "aac", "-f", "mp4", str(out))
-    return out
+    return base_clip(ffmpeg, may_video, tmp_path_factory.mktemp("clips") / "My Clip.MP4", seconds=2.5, size=128)
 
 
 @pytest.fixture(scope="module")
@@ -117,26 +115,12 @@ def test_add_subject_checks_copies_tracks_and_registers(repo: Path, clip: Path):
         add_subject("mine", clip, params_file=pf)
 
 
-def _no_audio(ff, src: Path, d: Path) -> Path:
-    ff("-i", str(src), "-an", "-c:v", "copy", str(d / "x.mp4"))
-    return d / "x.mp4"
-
-
 def _silent(ff, src: Path, d: Path) -> Path:
-    ff("-i", str(src), "-f", "lavfi", "-i", "anullsrc=r=48000:cl=mono", "-map", "0:v", "-map", "1:a",
-       "-c:v", "copy", "-c:a", "aac", "-shortest", str(d / "x.mp4"))  # fmt: skip
-    return d / "x.mp4"
+    return silent(ff, src, d, layout="mono")
 
 
 def _pink_noise(ff, src: Path, d: Path) -> Path:
-    ff("-i", str(src), "-f", "lavfi", "-i", "anoisesrc=color=pink:amplitude=0.3:r=48000", "-map", "0:v", "-map", "1:a",
-       "-c:v", "copy", "-c:a", "aac", "-shortest", str(d / "x.mp4"))  # fmt: skip
-    return d / "x.mp4"
-
-
-def _short(ff, src: Path, d: Path) -> Path:
-    ff("-i", str(src), "-t", "1", *X264, "-c:a", "aac", str(d / "x.mp4"))
-    return d / "x.mp4"
+    return with_audio(ff, src, "anoisesrc=color=pink:amplitude=0.3:r=48000", d / "x.mp4")
 
 
 def _text(ff, src: Path, d: Path) -> Path:
@@ -148,10 +132,10 @@ def _text(ff, src: Path, d: Path) -> Path:
     ("make", "message"),
     [
         (_text, r"x\.mp4: cannot be read as a video .*re-encode it"),
-        (_no_audio, r"x\.mp4: has no audio track.*ffmpeg -i VIDEO -i SPEECH\.wav"),
+        (no_audio, r"x\.mp4: has no audio track.*ffmpeg -i VIDEO -i SPEECH\.wav"),
         (_silent, r"x\.mp4: the audio track is silent.*use the original recording with sound"),
         (_pink_noise, r"x\.mp4: the audio track does not sound like speech.*extract\.speech_check\.on_fail: warning"),
-        (_short, r"x\.mp4: the video is 1\.\d+ s long, shorter than extract\.min_duration_s=2 s\. Use a longer clip"),
+        (short, r"x\.mp4: the video is 1\.\d+ s long, shorter than extract\.min_duration_s=2 s\. Use a longer clip"),
     ],
 )
 def test_add_subject_rejects_a_bad_clip_before_copying(repo: Path, clip: Path, ffmpeg, tmp_path: Path, caplog, make, message):  # noqa: ANN001
