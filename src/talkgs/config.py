@@ -198,6 +198,11 @@ def validate(params: Params, source: str) -> Params:
         )
     for name in params.evaluate.variants:
         v = params.train.variants[name]
+        if v.audio_feature not in params.features.audio_encoders:
+            raise ConfigError(
+                f"{source}: train.variants.{name}.audio_feature is {v.audio_feature!r}, which features.audio_encoders "
+                f"({params.features.audio_encoders}) does not build: add {v.audio_feature!r} there, or pick one of those."
+            )
         for s in v.pretrain.subjects:
             if s not in params.subjects:
                 hint = f" Enable it first: `talkgs subjects enable {s}`." if s in params.catalog else closest_hint(s, list(params.subjects))

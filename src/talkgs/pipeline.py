@@ -195,10 +195,11 @@ def pretrain(params: Params, variant: str, root: Path, *, progress: bool = True)
     return result
 
 
-def _foreign_audios(params: Params, root: Path) -> tuple[dict[str, Path], dict[str, Path]]:
-    """Enabled foreign audios: name -> file, and name -> its cached features (first encoder)."""
+def _foreign_audios(params: Params, root: Path, feature: str) -> tuple[dict[str, Path], dict[str, Path]]:
+    """Enabled foreign audios: name -> file, and name -> its cached ``audio_<feature>.parquet``
+    (the variant's audio feature; the audio_features stage writes one per features.audio_encoders)."""
     wavs, feats = {}, {}
-    enc = params.features.audio_encoders[0]
+    enc = feature
     for name, a in params.audios.items():
         wavs[name] = _under(root, a.path)
         feats[name] = paths.audio_dir(name, root) / f"audio_{enc}.parquet"
@@ -219,7 +220,7 @@ def evaluate(params: Params, subject: str, variant: str, root: Path, *, progress
     if fewshot is not None:
         return _evaluate_fewshot(params, subject, variant, root, fewshot, progress=progress)
     sweep_temp(paths.renders_dir(subject, variant, root), paths.metrics_file(subject, variant, root))
-    wavs, feats = _foreign_audios(params, root) if e.cross_driven else ({}, {})
+    wavs, feats = _foreign_audios(params, root, params.train.variant(variant).audio_feature) if e.cross_driven else ({}, {})
     metrics = evaluate_variant(
         paths.subject_dir(subject, root), paths.model_dir(subject, variant, root),
         paths.renders_dir(subject, variant, root), paths.metrics_file(subject, variant, root),

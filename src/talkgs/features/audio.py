@@ -19,6 +19,9 @@ Registered encoders (``register_audio_encoder``):
 - ``hubert``: a transformers HuBERT model, default ``facebook/hubert-large-ls960-ft``
   (ER-NeRF / TalkingGaussian), hidden state ``layer`` (-1 = last, 1024 channels).
 - ``wav2vec2``: a transformers wav2vec 2.0 model, default ``facebook/wav2vec2-base-960h``.
+- ``phonemes`` (:mod:`talkgs.features.phonemes`): smoothed one-hot phone (or viseme) classes
+  decoded by pocketsphinx's pretrained US-English acoustic model (installed from the registry).
+- ``a+b`` (e.g. ``mel+phonemes``): the named encoders' windows concatenated along the channels.
 
 ``model`` is a Hugging Face hub id or a local folder (``save_pretrained`` output with the
 model and its ``preprocessor_config.json``). With ``HF_HUB_OFFLINE=1`` (set by the Makefile) a
@@ -59,7 +62,9 @@ class AudioEncoderParams:
     """One audio featurisation: which encoder, which model, how the windows are cut."""
 
     name: str = "mel"
-    """Registered encoder name: ``mel``, ``hubert``, ``wav2vec2`` (see :func:`available_encoders`)."""
+    """Registered encoder name: ``mel``, ``phonemes``, ``hubert``, ``wav2vec2`` (see
+    :func:`available_encoders`), or several joined by ``+`` (``mel+phonemes``: their features
+    concatenated along the channels, :class:`ConcatEncoder`)."""
     model: str = ""
     """Hub id or local folder of the model; empty = the encoder's default (unused by ``mel``)."""
     window: int = 16
@@ -74,6 +79,12 @@ class AudioEncoderParams:
     """Transformer encoders process long audio in chunks of this many seconds ..."""
     context_s: float = 1.0
     """... each with this much extra audio on both sides (trimmed from the output)."""
+    phone_set: str = "phones"
+    """``phonemes`` encoder classes: ``phones`` (39 CMUdict phones + silence) or ``visemes`` (13)."""
+    phone_chunk_s: float = 8.0
+    """``phonemes`` encoder: decode in chunks of this many seconds (plus ``context_s`` each side)."""
+    phone_smoothing_ms: float = 20.0
+    """``phonemes`` encoder: Gaussian smoothing (sigma, ms) of the one-hot classes over time."""
 
     def __post_init__(self) -> None:
         checks = [
@@ -82,6 +93,9 @@ class AudioEncoderParams:
             (self.n_mels >= 8, "n_mels must be >= 8"),
             (self.chunk_s >= 1.0, "chunk_s must be >= 1"),
             (self.context_s >= 0.0, "context_s must be >= 0"),
+            (self.phone_set in ("phones", "visemes"), "phone_set must be 'phones' or 'visemes'"),
+            (self.phone_chunk_s >= 1.0, "phone_chunk_s must be >= 1"),
+            (self.phone_smoothing_ms >= 0.0, "phone_smoothing_ms must be >= 0"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -127,15 +141,45 @@ def available_encoders() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def encoder_parts(name: str) -> list[str]:
+    """The registered encoders of ``name`` (``"mel+phonemes"`` → ``["mel", "phonemes"]``);
+    ``ValueError`` naming the closest registered one for an unknown part."""
+    parts = name.split("+")
+    for part in parts:
+        if part not in _REGISTRY:
+            import difflib
+
+            close = difflib.get_close_matches(part, list(_REGISTRY), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown audio encoder {part!r}; registered: {available_encoders()} (join several with '+').{hint}")
+    if len(set(parts)) != len(parts):
+        raise ValueError(f"audio encoder {name!r} names an encoder twice")
+    return parts
+
+
 def get_encoder(params: AudioEncoderParams, device: str | torch.device = "cpu") -> AudioEncoder:
     """Build the encoder ``params.name`` on ``device`` (loads model weights where it has any)."""
-    if params.name not in _REGISTRY:
-        import difflib
-
-        close = difflib.get_close_matches(params.name, list(_REGISTRY), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown audio encoder {params.name!r}; registered: {available_encoders()}.{hint}")
+    parts = encoder_parts(params.name)
+    if len(parts) > 1:
+        return ConcatEncoder([get_encoder(dataclasses.replace(params, name=p), device) for p in parts])
     return _REGISTRY[params.name](params, torch.device(device))
+
+
+class ConcatEncoder(AudioEncoder):
+    """Several encoders side by side (``mel+phonemes``): ``dim`` = the sum of theirs.
+
+    :func:`encode_samples` encodes the audio with each part exactly as it would alone (its own
+    receptive field, its own input normalisation) and concatenates the aligned windows along the
+    channels, so ``mel+phonemes`` features are ``mel``'s and ``phonemes``' features side by side."""
+
+    def __init__(self, parts: list[AudioEncoder]) -> None:
+        self.parts = parts
+        self.name = "+".join(p.name for p in parts)
+        self.dim = sum(p.dim for p in parts)
+        self.receptive = max(p.receptive for p in parts)
+
+    def describe(self) -> dict[str, Any]:
+        return {"encoder": self.name, "dim": self.dim, "parts": [p.describe() for p in self.parts]}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -346,6 +390,14 @@ def window_starts(n_frames: int, fps: float, window: int) -> np.ndarray:
     return np.floor(centres / HOP - window / 2.0 + 0.5).astype(np.int64)
 
 
+def _normalized(enc: AudioEncoder, samples: np.ndarray) -> np.ndarray:
+    """Zero-mean unit-variance samples for a transformer that expects them (its extractor's
+    ``do_normalize``), else the samples unchanged."""
+    if isinstance(enc, TransformersEncoder) and enc.extractor.do_normalize:
+        return (samples - samples.mean()) / math.sqrt(float(samples.var()) + 1e-7)
+    return samples
+
+
 def encode_samples(
     samples: np.ndarray, params: AudioEncoderParams, *, encoder: AudioEncoder | None = None,
     n_frames: int | None = None, device: str | torch.device = "cpu", progress: bool = False,
@@ -362,8 +414,12 @@ def encode_samples(
     t = frame_count(len(samples), params.fps) if n_frames is None else int(n_frames)
     if t < 1:
         raise ValueError(f"audio of {len(samples)} samples is shorter than one video frame at {params.fps} fps")
-    if isinstance(enc, TransformersEncoder) and enc.extractor.do_normalize:
-        samples = (samples - samples.mean()) / math.sqrt(float(samples.var()) + 1e-7)
+    if isinstance(enc, ConcatEncoder):
+        return np.concatenate([
+            encode_samples(samples, dataclasses.replace(params, name=p.name), encoder=p, n_frames=t, device=device, progress=progress)
+            for p in enc.parts
+        ], axis=2)  # fmt: skip
+    samples = _normalized(enc, samples)
     starts = window_starts(t, params.fps, params.window)
     m0, m1 = int(starts[0]), int(starts[-1]) + params.window  # encoder frames [m0, m1) needed
     a = m0 * HOP + HOP // 2 - enc.receptive // 2  # first sample fed to the encoder

@@ -41,7 +41,8 @@ class FeaturesParams:
     """Parameters of the ``features`` stage (``params.yaml: features``)."""
 
     audio_encoders: list[str] = field(default_factory=lambda: ["mel"])
-    """Audio encoders to run (``mel``, ``hubert``, ``wav2vec2``); one ``audio_<name>.parquet`` each."""
+    """Audio encoders to run (``mel``, ``phonemes``, ``hubert``, ``wav2vec2``, or several joined
+    by ``+``, e.g. ``mel+phonemes``: concatenated channels); one ``audio_<name>.parquet`` each."""
     audio_models: dict[str, str] = field(default_factory=dict)
     """Per-encoder model: hub id or local folder (default: each encoder's own default)."""
     audio_window: Annotated[int, Range(1, 1024, unit="frames")] = 16
@@ -52,6 +53,14 @@ class FeaturesParams:
     """Mel bands of the ``mel`` encoder."""
     audio_chunk_s: Annotated[float, Range(1, 600, unit="seconds")] = 20.0
     """Chunk length for transformer encoders on long audio (seconds)."""
+    phone_set: str = "phones"
+    """Classes of the ``phonemes`` encoder: ``phones`` (39 CMUdict phones + silence) or ``visemes``
+    (the 13 viseme classes of Neti et al. 2000)."""
+    phone_chunk_s: Annotated[float, Range(1, 60, unit="seconds")] = 8.0
+    """The ``phonemes`` encoder decodes in chunks of this length, with 1 s of context each side
+    (one 60 s utterance loses track of the speech; 8 s chunks do not)."""
+    phone_smoothing_ms: Annotated[float, Range(0, 200, unit="ms")] = 20.0
+    """Gaussian smoothing (sigma) of the ``phonemes`` encoder's one-hot classes over time."""
     device: str = "cpu"
     """Torch device for the audio encoders."""
     blink_closed_ratio: Annotated[float, PROBABILITY] = 0.4
@@ -62,9 +71,13 @@ class FeaturesParams:
     def __post_init__(self) -> None:
         if not self.audio_encoders:
             raise ValueError("features params: audio_encoders must name at least one encoder")
-        unknown = [e for e in self.audio_encoders if e not in audio_mod.available_encoders()]
-        if unknown:
-            raise ValueError(f"features params: unknown audio encoder(s) {unknown}; registered: {audio_mod.available_encoders()}")
+        for e in self.audio_encoders:
+            try:
+                audio_mod.encoder_parts(e)
+            except ValueError as err:
+                raise ValueError(f"features params: audio_encoders: {err}") from None
+        if self.phone_set not in ("phones", "visemes"):
+            raise ValueError(f"features params: phone_set must be 'phones' or 'visemes', got {self.phone_set!r}")
         if not 0.0 < self.blink_closed_ratio < 1.0:
             raise ValueError("features params: blink_closed_ratio must be in (0, 1)")
 
@@ -72,7 +85,8 @@ class FeaturesParams:
         """Settings of encoder ``name`` (as used for the subject's own audio and foreign audio)."""
         return audio_mod.AudioEncoderParams(
             name=name, model=self.audio_models.get(name, ""), window=self.audio_window, fps=fps,
-            layer=self.audio_layer, n_mels=self.n_mels, chunk_s=self.audio_chunk_s,
+            layer=self.audio_layer, n_mels=self.n_mels, chunk_s=self.audio_chunk_s, phone_set=self.phone_set,
+            phone_chunk_s=self.phone_chunk_s, phone_smoothing_ms=self.phone_smoothing_ms,
         )  # fmt: skip
 
 
