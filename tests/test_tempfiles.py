@@ -207,8 +207,11 @@ else:
 def test_interrupt_prints_one_line_and_leaves_nothing(entry: str, sig: int, code: int, words: str, tmp_path: Path) -> None:
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
     (tmp_path / "data" / "demo").mkdir(parents=True)
+    # SIGINT back to its default in the child: under a shell's background job (`pytest &`) it is
+    # ignored, which Python (and talkgs) rightly keep, as `nohup` users expect
     proc = subprocess.Popen([sys.executable, "-c", _STUCK_STAGE, str(tmp_path), entry], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=_env(), text=True)  # fmt: skip
+                            stderr=subprocess.PIPE, env=_env(), text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
         assert len(_temps(tmp_path / "data" / "demo")) == 1
