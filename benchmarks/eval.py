@@ -71,6 +71,13 @@ def main() -> None:
         rows.append(("LPIPS (full frame)", 1e3 * _time(lambda: [lp(a, b) for a, b in zip(frames, noisy)]) / n, "ms/frame"))
     rows.append(("MediaPipe landmarks (static)", 1e3 * _time(lambda: L.detect_landmarks(frames)) / n, "ms/frame"))
     lm = L.detect_landmarks(frames)
+    from talkgs.eval import identity as idn
+
+    boxes = [idn.box_from_landmarks(x) for x in lm]
+    if all(b is not None for b in boxes):
+        idn.models()  # loading (~1 s) is not per frame
+        rows.append(("dlib 68-point shape (LMD-68)", 1e3 * _time(lambda: [idn.landmarks68(f, b) for f, b in zip(frames, boxes)]) / n, "ms/frame"))
+        rows.append(("dlib shape + descriptor (CSIM, one image)", 1e3 * _time(lambda: [idn.analyze(f, b) for f, b in zip(frames, boxes)]) / n, "ms/frame"))
     net = SyncNet().eval()
     audio = (0.1 * np.random.default_rng(0).standard_normal(n * 640)).astype(np.float32)
     if L.detected(lm).any() and n >= 6:

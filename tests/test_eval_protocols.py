@@ -13,11 +13,14 @@ import numpy as np
 import pytest
 import torch
 
+from talkgs.eval.identity import IdentityParams
 from talkgs.eval.metrics import is_unavailable
 from talkgs.eval.protocols import evaluate_cross_driven, evaluate_ground_truth, evaluate_self_driven, read_frames, write_comparison_video
 
 N_FRAMES = 25
 SIZE = 256
+FEW = IdentityParams(max_frames=6, reference_frames=4)
+"""CSIM / LMD-68 on a few frames only (one dlib descriptor ~80 ms)."""
 
 
 @pytest.fixture(scope="module")
@@ -66,13 +69,14 @@ def no_weights(tmp_path, monkeypatch):
 def test_self_driven_identical_render(may, no_weights) -> None:
     gt_dir, seg_dir, frames, audio, _ = may
     idx = list(range(5, N_FRAMES))  # a test split that does not start at 0: audio and labels follow the indices
-    r = evaluate_self_driven(gt_dir, [(i, frames[i]) for i in idx], seg_dir, audio=audio)
+    r = evaluate_self_driven(gt_dir, [(i, frames[i]) for i in idx], seg_dir, audio=audio, identity=FEW)
     assert r["self.frames"] == 20 and r["self.first_frame"] == 5 and r["self.resolution"] == "256x256"
     assert r["self.psnr_full"] == math.inf and r["self.psnr_face"] == math.inf and r["self.psnr_face_mask"] == math.inf
     assert r["self.ssim_full"] == 1.0 and r["self.ssim_face"] == 1.0
     assert r["self.lmd_mouth"] == 0.0 and r["self.lmd_face"] == 0.0
     assert r["self.aue_lower"] == 0.0 and r["self.aue_upper"] == 0.0
     assert r["self.mouth_corr"] == pytest.approx(1.0) and r["self.mouth_corr_lag"] == 0
+    assert r["self.csim"] == 1.0 and r["self.lmd68_mouth"] == 0.0 and r["self.identity_frames"] == 6  # dlib, 6 of 20 frames
     assert isinstance(r["self.mouth_env_corr"], float)
     for k, what in (("self.lpips_face", "alexnet-owt"), ("self.lpips_full", "alexnet-owt"), ("self.fid", "pt_inception"), ("self.lse_c", "syncnet_v2.model"), ("self.lse_d", "syncnet_v2.model")):
         assert is_unavailable(r[k]) and what in r[k]["reason"], k
@@ -94,11 +98,12 @@ def test_self_driven_noisy_render_with_random_weights(may, tmp_path, monkeypatch
     ren_dir.mkdir()
     for i, f in enumerate(noisy):
         cv2.imwrite(str(ren_dir / f"{i:06d}.png"), cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
-    r = evaluate_self_driven(gt_dir, ren_dir, seg_dir, audio=audio, alexnet_weights=tmp_path / "alexnet.pth", syncnet_weights=tmp_path / "syncnet_v2.model", fid=False)
+    r = evaluate_self_driven(gt_dir, ren_dir, seg_dir, audio=audio, alexnet_weights=tmp_path / "alexnet.pth", syncnet_weights=tmp_path / "syncnet_v2.model", fid=False, identity=FEW)
     # uniform integer noise in [-8, 8] (clipped at the range ends): MSE ≈ 24/255²  → ≈ 34.3 dB
     assert r["self.psnr_full"] == pytest.approx(10 * math.log10(255**2 / 24.0), abs=0.3)
     assert 0.5 < r["self.ssim_face"] < 1.0 and r["self.lpips_face"] > 0 and r["self.lpips_full"] > 0
     assert r["self.face_detected_render"] == 1.0 and 0 < r["self.lmd_mouth"] < 2.0
+    assert 0.97 < r["self.csim"] < 1.0 and 0 < r["self.lmd68_mouth"] < 2.0  # noise: same identity, mouth barely moves
     assert isinstance(r["self.lse_c"], float) and r["self.lse_c"] >= 0 and -15 <= r["self.lse_offset"] <= 15
     assert "self.fid" not in r
 
@@ -134,8 +139,9 @@ def test_ground_truth_and_cross_driven_from_an_mp4(may, tmp_path, no_weights) ->
     from talkgs.io.media import VideoWriter, write_wav
 
     gt_dir, _, frames, audio, _ = may
-    g = evaluate_ground_truth(gt_dir, range(N_FRAMES), audio)
+    g = evaluate_ground_truth(gt_dir, range(N_FRAMES), audio, reference=frames[::8], identity=FEW)
     assert g["gt.frames"] == N_FRAMES and g["gt.face_detected"] == 1.0 and g["gt.mouth_open_std"] > 0
+    assert g["gt.csim_ref"] > 0.97 and g["gt.identity_frames"] == 6 and g["gt.identity_reference_frames"] == 4
     assert isinstance(g["gt.mouth_env_corr"], float) and is_unavailable(g["gt.lse_c"])
 
     write_wav(tmp_path / "a.wav", audio[: N_FRAMES * 640], 16000)
@@ -143,14 +149,19 @@ def test_ground_truth_and_cross_driven_from_an_mp4(may, tmp_path, no_weights) ->
         for f in frames:
             w.write(f)
     assert len(read_frames(tmp_path / "driven.mp4")) == N_FRAMES
-    c = evaluate_cross_driven({"own": tmp_path / "driven.mp4"})  # the mp4's own sound drives the measures
+    c = evaluate_cross_driven({"own": tmp_path / "driven.mp4"}, identity=FEW)  # the mp4's own sound drives the measures
     assert c["cross.own.frames"] == N_FRAMES and c["cross.own.face_detected"] == 1.0
+    assert is_unavailable(c["cross.csim"]) and "no reference" in c["cross.csim"]["reason"]
     assert isinstance(c["cross.own.mouth_env_corr"], float) and c["cross.mouth_env_corr"] == c["cross.own.mouth_env_corr"]
     assert is_unavailable(c["cross.own.lse_c"]) and is_unavailable(c["cross.lse_c"]) and "syncnet_v2.model" in c["cross.lse_c"]["reason"]
     torch.manual_seed(0)
     torch.save(SyncNet().state_dict(), tmp_path / "s.model")
-    c = evaluate_cross_driven({"own": tmp_path / "driven.mp4"}, syncnet_weights=tmp_path / "s.model")
+    ref = np.random.default_rng(1).normal(size=128)  # a precomputed reference descriptor is accepted too
+    c = evaluate_cross_driven({"own": tmp_path / "driven.mp4"}, syncnet_weights=tmp_path / "s.model", reference=frames[::8], identity=FEW)
     assert isinstance(c["cross.lse_c"], float) and c["cross.lse_d"] == c["cross.own.lse_d"] > 0
+    assert c["cross.csim"] == c["cross.own.csim"] > 0.97 and c["cross.own.identity_frames"] == 6 and c["cross.identity_reference_frames"] == 4
+    c = evaluate_cross_driven({"own": tmp_path / "driven.mp4"}, reference=ref, identity=IdentityParams(max_frames=1))
+    assert abs(c["cross.own.csim"]) < 0.5 and c["cross.own.identity_frames"] == 1
     with pytest.raises(ValueError, match="metric key"):
         evaluate_cross_driven({"bad.name": tmp_path / "driven.mp4"})
 

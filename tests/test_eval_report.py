@@ -34,6 +34,8 @@ def _self(psnr: float, lmd: float, lpips=None, lse=None) -> dict:
         "self.lpips_face": unavailable(NO_LPIPS) if lpips is None else lpips,
         "self.fid": unavailable("FID Inception weights not found"),
         "self.lmd_mouth": lmd,
+        "self.lmd68_mouth": lmd + 1.0,
+        "self.csim": 0.95,
         "self.aue_lower": 0.5,
         "self.aue_upper": 0.25,
         "self.lse_c": unavailable(NO_SYNC) if lse is None else lse,
@@ -48,10 +50,12 @@ def _cross(c: float) -> dict:
         "cross.obama.lse_c": unavailable(NO_SYNC),
         "cross.obama.lse_d": unavailable(NO_SYNC),
         "cross.obama.mouth_env_corr": c,
+        "cross.obama.csim": 0.9,
         "cross.lse_c": unavailable(NO_SYNC),
         "cross.lse_d": unavailable(NO_SYNC),
         "cross.mouth_env_corr": c,
         "cross.mouth_open_std": 0.05,
+        "cross.csim": 0.9,
     }
 
 
@@ -62,7 +66,7 @@ def metrics_dir(tmp_path):
         write_metrics(metrics_path(root, subj, "static"), _self(25.0 + off, 4.0), _cross(0.1), {"train.time_s": 60.0, "render.fps": 50.0}, subject=subj, variant="static")
         write_metrics(metrics_path(root, subj, "gaussiantalker"), _self(30.0 + off, 2.0, lse=6.0 if subj == "may" else None), _cross(0.5),
                       {"train.time_s": 5400.0, "render.fps": 20.0}, subject=subj, variant="gaussiantalker")  # fmt: skip
-        write_metrics(root / subj / "ground_truth.json", {"gt.lse_c": 8.0, "gt.lse_d": 6.5, "gt.mouth_env_corr": 0.7, "gt.mouth_open_std": 0.06}, subject=subj, variant="ground_truth")
+        write_metrics(root / subj / "ground_truth.json", {"gt.lse_c": 8.0, "gt.lse_d": 6.5, "gt.mouth_env_corr": 0.7, "gt.mouth_open_std": 0.06, "gt.csim_ref": 0.98}, subject=subj, variant="ground_truth")
         for sec in (5, 10):
             write_metrics(metrics_path(root, subj, "gaussiantalker", sec), _self(27.0 + sec / 5 + off, 3.0), subject=subj, variant="gaussiantalker")
     return root
@@ -119,6 +123,8 @@ def test_tables_have_the_paper_shapes(metrics_dir, tmp_path) -> None:
     assert float(static[col("PSNR ↑")]) == pytest.approx(26.0) and float(gtalk[col("PSNR ↑")]) == pytest.approx(31.0)
     assert gtalk[col("LPIPS ↓")] == "n/a" and gt[col("Sync (LSE-C) ↑")] == "8.0"
     assert float(gtalk[col("Sync (LSE-C) ↑")]) == pytest.approx(6.0)  # one subject has it
+    assert header.index("LMD-68 ↓") < header.index("LMD-MP ↓") and gt[col("CSIM ↑")] == "1" and gt[col("LMD-68 ↓")] == "0"
+    assert float(gtalk[col("LMD-68 ↓")]) == pytest.approx(3.0) and float(gtalk[col("CSIM ↑")]) == pytest.approx(0.95)
     md = out["self_driven.md"].read_text()
     assert "| gaussiantalker | 31.000 |" in md and "n/a [" in md and "1.5 h" in md and "(1/2 subj.)" in md
     assert NO_LPIPS in md and NO_SYNC in md  # the footnotes give the reasons
@@ -127,6 +133,9 @@ def test_tables_have_the_paper_shapes(metrics_dir, tmp_path) -> None:
     assert cross[0][:4] == ["Method", "obama Sync ↑", "obama LSE-D ↓", "obama Corr ↑"]
     assert [r[0] for r in cross[1:]] == ["Ground Truth (own audio)", "static", "gaussiantalker"]
     assert float(cross[3][3]) == pytest.approx(0.5) and cross[3][1] == "n/a"
+    assert cross[0][4] == "obama CSIM ↑" and float(cross[3][4]) == pytest.approx(0.9)
+    mean_csim = cross[0].index("Mean CSIM ↑")
+    assert float(cross[1][mean_csim]) == pytest.approx(0.98) and float(cross[3][mean_csim]) == pytest.approx(0.9)  # ground truth: test vs training frames
 
     few = _read_csv(out["few_shot.csv"].read_text())
     assert few[0] == ["Metric", "gaussiantalker @5s", "gaussiantalker @10s", "gaussiantalker @all"]
@@ -140,6 +149,7 @@ def test_tables_have_the_paper_shapes(metrics_dir, tmp_path) -> None:
     long = _read_csv(out["all_metrics.csv"].read_text())
     assert long[0] == ["subject", "variant", "metric", "value", "reason"]
     assert ["may", "gaussiantalker@fewshot5", "self.psnr_face", "28.0", ""] in long
+    assert ["may", "static", "self.csim", "0.95", ""] in long and ["may", "ground_truth", "gt.csim_ref", "0.98", ""] in long
     assert any(r[3] == "n/a" and r[4] == NO_SYNC for r in long)
 
 

@@ -25,6 +25,7 @@ import yaml
 
 from talkgs.configlib import FRAME_PIXELS, NON_NEGATIVE, PIXELS, ConfigError, Range, closest_hint, dump_yaml, from_dict, to_dict
 from talkgs.demo import DemoParams
+from talkgs.eval.identity import IdentityParams
 from talkgs.eval.run import EvalWeights
 from talkgs.features.build import FeaturesParams
 from talkgs.preprocess.extract import ExtractParams
@@ -108,6 +109,9 @@ class EvaluateParams:
     weights: EvalWeights = field(default_factory=EvalWeights)
     """Weight files of LPIPS (AlexNet + linear heads), SyncNet and Inception; None = the default
     location (torch hub cache). Absent weights make that metric unavailable, with the reason."""
+    identity: IdentityParams = field(default_factory=IdentityParams)
+    """CSIM and LMD-68 (dlib's descriptor and 68-point models): frames measured per render, the
+    cross-driven reference frames (:mod:`talkgs.eval.identity`)."""
     few_shot: FewShotParams = field(default_factory=FewShotParams)
     """The few-shot sweep (D3-Talker Table 2 → ``metrics/tables/few_shot.md``)."""
     tolerances: dict[str, Annotated[float, NON_NEGATIVE] | str] = field(default_factory=dict)

@@ -226,7 +226,7 @@ def evaluate(params: Params, subject: str, variant: str, root: Path, *, progress
         paths.renders_dir(subject, variant, root), paths.metrics_file(subject, variant, root),
         subject=subject, variant=variant, foreign_audios=wavs, foreign_features=feats,
         resolution=e.resolution, weights=e.weights, device=params.train.device, fid=e.fid,
-        comparison_video=e.comparison_video, progress=progress,
+        comparison_video=e.comparison_video, progress=progress, identity=e.identity,
         train_timings=paths.timings_file("train", f"{subject}/{variant}", root),
     )  # fmt: skip
     log.info("evaluate %s/%s: face PSNR %s, mouth LMD %s", subject, variant, metrics.get("self.psnr_face"), metrics.get("self.lmd_mouth"))
@@ -263,7 +263,7 @@ def _evaluate_fewshot(params: Params, subject: str, variant: str, root: Path, fe
     metrics = evaluate_variant(
         paths.subject_dir(subject, root), model, renders, metrics_json, subject=subject, variant=variant,
         resolution=e.resolution, weights=e.weights, device=params.train.device, fid=e.fid,
-        comparison_video=e.comparison_video, progress=progress, extra=facts,
+        comparison_video=e.comparison_video, progress=progress, extra=facts, identity=e.identity,
         train_timings=paths.timings_file("train", f"{subject}/{run}", root),
     )  # fmt: skip
     log.info("evaluate %s/%s: face PSNR %s, mouth LMD %s", subject, run, metrics.get("self.psnr_face"), metrics.get("self.lmd_mouth"))
@@ -279,7 +279,7 @@ def ground_truth(params: Params, subject: str, root: Path, *, progress: bool = T
     sweep_temp(paths.metrics_file(subject, GROUND_TRUTH, root))
     return evaluate_subject_ground_truth(
         paths.subject_dir(subject, root), paths.metrics_file(subject, GROUND_TRUTH, root), subject=subject,
-        syncnet_weights=params.evaluate.weights.syncnet, device=params.train.device,
+        syncnet_weights=params.evaluate.weights.syncnet, device=params.train.device, identity=params.evaluate.identity,
     )  # fmt: skip
 
 

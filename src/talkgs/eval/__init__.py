@@ -1,4 +1,4 @@
-"""Evaluation: metrics (:mod:`.metrics` + :mod:`.landmarks`, :mod:`.syncnet`, :mod:`.fid`),
+"""Evaluation: metrics (:mod:`.metrics` + :mod:`.landmarks`, :mod:`.identity`, :mod:`.syncnet`, :mod:`.fid`),
 protocols (:mod:`.protocols`: self-driven, cross-driven, ground truth, comparison video) and
 tables / CI comparison (:mod:`.report`).
 

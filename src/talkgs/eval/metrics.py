@@ -20,6 +20,8 @@ Other metrics live in submodules and are re-exported here:
 
 - :mod:`talkgs.eval.landmarks` -- LMD (mouth / face), landmark action-unit proxies and AUE-L/U,
   mouth-opening correlations (the lip-sync measure that needs no weights), speech envelope.
+- :mod:`talkgs.eval.identity` -- CSIM (cosine of dlib face descriptors) and the 68-point mouth
+  LMD-68 (dlib's shape predictor), with the registry-installed dlib models (a hard dependency).
 - :mod:`talkgs.eval.syncnet` -- SyncNet LSE-C / LSE-D (official ``syncnet_python`` procedure).
 - :mod:`talkgs.eval.fid` -- FID (pytorch-fid's Inception-v3 pool3 features + Fréchet distance).
 - :func:`efficiency_metrics` -- training time (the run's timings file) and render FPS.

@@ -5,17 +5,20 @@ the ground-truth reference row, and the side-by-side comparison video.
   with their own audio, poses, blinks and torso by :func:`talkgs.synthesize.render_test`) against
   the ground-truth frames: PSNR / SSIM / LPIPS (face crop and full frame), FID, LMD (mouth, face),
   AUE-L / AUE-U, mouth-opening correlation with the ground truth and with the speech envelope,
-  SyncNet LSE-C / LSE-D.
+  SyncNet LSE-C / LSE-D, and with dlib's models (:mod:`talkgs.eval.identity`) CSIM and the
+  68-point mouth LMD-68.
 - :func:`evaluate_cross_driven` -- renders driven by foreign audios (no ground truth): SyncNet
   LSE-C / LSE-D and the mouth-motion measures (correlation with the speech envelope, amount of
-  mouth motion), per audio and averaged over audios.
-- :func:`evaluate_ground_truth` -- the same sync / motion measures on the real test frames
-  (the "Ground Truth" row of the papers' tables).
+  mouth motion), CSIM vs the subject's training frames, per audio and averaged over audios.
+- :func:`evaluate_ground_truth` -- the same sync / motion measures (and CSIM vs the training
+  frames) on the real test frames (the "Ground Truth" row of the papers' tables).
 - :func:`write_comparison_video` -- ground truth | render | error heatmap, with sound.
 
 Every returned dict is flat (``self.psnr_face``, ``cross.<audio>.lse_c``, ...) and carries a
 ``protocol`` text. A metric that cannot be computed here (weights absent, no face found) is
-``{"status": "unavailable", "reason": ...}`` (:func:`talkgs.eval.metrics.unavailable`).
+``{"status": "unavailable", "reason": ...}`` (:func:`talkgs.eval.metrics.unavailable`). dlib's
+model files are a hard dependency (installed by ``make setup``): without them the protocols raise
+:class:`talkgs.pretrained.PretrainedMissing` instead.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ from typing import Any, Union
 
 import numpy as np
 
+from talkgs.eval import identity as idn
 from talkgs.eval import landmarks as lmk
+from talkgs.eval.identity import IdentityParams
 from talkgs.eval.metrics import (
     FACE_CLASSES,
     LPIPSMetric,
@@ -74,13 +79,15 @@ SELF_DRIVEN_PROTOCOL = (
     "mouth_env_corr: rendered mouth opening vs the speech RMS envelope (+-3 frames). LSE-C/LSE-D: SyncNet, "
     "official syncnet_python procedure (vshift 15) on MediaPipe face-box crops. Frames where the track stage's "
     "face mesh found no face (excluded_frames) are rendered but left out of the image and landmark metrics; "
-    "the sync measures use the whole continuous clip."
+    "the sync measures use the whole continuous clip. " + idn.IDENTITY_PROTOCOL
 )
 CROSS_DRIVEN_PROTOCOL = (
     "cross-driven: the subject driven by foreign audios (poses, blinks, torso from the training frames), no "
     "ground truth: SyncNet LSE-C/LSE-D (official procedure, MediaPipe face-box crops), mouth_env_corr "
     "(rendered mouth opening vs the driving speech's RMS envelope, max over +-3 frame lags), mouth_open_std "
-    "(std of the mouth opening: amount of mouth motion); per audio and the mean over audios."
+    "(std of the mouth opening: amount of mouth motion), csim (dlib descriptors of the render vs the mean descriptor of "
+    "evenly spaced training frames of the subject, face box from the render's MediaPipe landmarks); per audio and the "
+    "mean over audios."
 )
 
 _IMG_EXT = (".png", ".jpg", ".jpeg")
@@ -268,6 +275,7 @@ def evaluate_self_driven(
     static_landmarks: bool = True,
     prefix: str = "self.",
     exclude: Iterable[int] = (),
+    identity: IdentityParams = IdentityParams(),
 ) -> dict[str, Any]:
     """Self-driven metrics of rendered test frames against the ground truth.
 
@@ -286,10 +294,13 @@ def evaluate_self_driven(
         exclude: frame indices left out of the image and landmark metrics (where the track
             stage found no face: :attr:`talkgs.train.data.SubjectData.excluded`); the sync
             measures still use every frame (they need a continuous clip).
+        identity: CSIM / LMD-68 settings (frames measured); dlib's models must be installed
+            (:class:`talkgs.pretrained.PretrainedMissing` otherwise).
 
     Returns:
         Flat dict: ``protocol`` and ``self.<metric>`` (see :data:`SELF_DRIVEN_PROTOCOL`).
     """
+    idn.models()  # a missing model file fails here, before anything is measured
     pairs_r = read_frames(rendered, frames)
     if not pairs_r:
         raise ValueError("evaluate_self_driven: no rendered frames")
@@ -363,11 +374,64 @@ def evaluate_self_driven(
         else:
             out[p + "mouth_corr"] = out[p + "mouth_corr_lag"] = unavailable("fewer than 8 frames with a face in both, or a constant mouth opening")
 
+    # --- identity (dlib): CSIM and LMD-68, in the ground-truth frame's box
+    out.update(_identity_self(ren, gt, lm_g, identity, p))
+
     # --- sync (the whole continuous clip)
     seg, why = _sync_audio(audio, idx, fps)
     syncnet = _load_syncnet_or_reason(syncnet_weights, device) if seg is not None else None
     out.update(_sync_metrics(all_ren, lm_all, seg, fps, syncnet, p, why))
     return out
+
+
+def _identity_self(ren: list[np.ndarray], gt: list[np.ndarray], lm_g: np.ndarray, params: IdentityParams, p: str) -> dict[str, Any]:
+    """CSIM (render vs its ground truth) and LMD-68 on at most ``params.max_frames`` evenly spaced
+    frames where MediaPipe found the face in the ground truth (its box serves both images)."""
+    boxes = [idn.box_from_landmarks(lm) for lm in lm_g]
+    have = [k for k, b in enumerate(boxes) if b is not None]
+    if not have:
+        why = f"MediaPipe found no face in any of the {len(gt)} ground-truth frames (the face box of CSIM / LMD-68)"
+        return {p + "csim": unavailable(why), p + "lmd68_mouth": unavailable(why), p + "identity_frames": 0}
+    pick = [have[j] for j in idn.subsample(len(have), params.max_frames)]
+    sims, lr, lg = [], [], []
+    for k in pick:
+        r, g = idn.analyze(ren[k], boxes[k]), idn.analyze(gt[k], boxes[k])
+        sims.append(idn.csim(r.descriptor, g.descriptor))
+        lr.append(r.landmarks68)
+        lg.append(g.landmarks68)
+    d68 = idn.lmd68_per_frame(np.stack(lr), np.stack(lg))
+    return {p + "csim": _num(float(np.mean(sims))), p + "lmd68_mouth": _num(float(np.mean(d68))), p + "identity_frames": len(pick)}
+
+
+def _identity_vs_reference(frames: list[np.ndarray], lm: np.ndarray, ref: np.ndarray | None, params: IdentityParams, why_no_ref: str) -> tuple[Any, int]:
+    """``(CSIM, frames measured)``: mean cosine of the descriptors of ``frames`` (boxes from their own
+    landmarks ``lm``, at most ``params.max_frames`` evenly spaced) vs the reference descriptor."""
+    if ref is None:
+        return unavailable(why_no_ref), 0
+    boxes = [idn.box_from_landmarks(x) for x in lm]
+    have = [k for k, b in enumerate(boxes) if b is not None]
+    if not have:
+        return unavailable(f"MediaPipe found no face in any of the {len(frames)} frames"), 0
+    pick = [have[j] for j in idn.subsample(len(have), params.max_frames)]
+    sims = [idn.csim(idn.descriptor(frames[k], boxes[k]), ref) for k in pick]
+    return _num(float(np.mean(sims))), len(pick)
+
+
+def _reference(reference: FrameSource | np.ndarray | None) -> tuple[np.ndarray | None, int, str]:
+    """``(descriptor [128] or None, frames used, why none)``: the subject's reference descriptor from
+    frames (mean over those where MediaPipe finds a face) or as given."""
+    if reference is None:
+        return None, 0, "no reference frames of the subject given"
+    if isinstance(reference, np.ndarray) and reference.ndim == 1:
+        if reference.shape != (128,):
+            raise ValueError(f"identity reference: expected a [128] descriptor, found {reference.shape}")
+        return reference.astype(np.float64), 0, ""
+    imgs = [f for _, f in read_frames(reference)]
+    lm = lmk.detect_landmarks(imgs, static=True)
+    if not lmk.detected(lm).any():
+        return None, 0, f"MediaPipe found no face in any of the {len(imgs)} reference (training) frames"
+    desc, n = idn.reference_descriptor(imgs, lm)
+    return desc, n, ""
 
 
 def _sync_audio(audio: Any, idx: list[int], fps: float) -> tuple[Any, str]:
@@ -407,9 +471,15 @@ def evaluate_ground_truth(
     device: Any = "cpu",
     static_landmarks: bool = True,
     prefix: str = "gt.",
+    reference: FrameSource | np.ndarray | None = None,
+    identity: IdentityParams = IdentityParams(),
 ) -> dict[str, Any]:
     """Sync and mouth-motion measures of the real frames ``frames`` (the test split): the
-    "Ground Truth" reference row (LSE-C/D, mouth_env_corr, mouth_open_std)."""
+    "Ground Truth" reference row (LSE-C/D, mouth_env_corr, mouth_open_std), and ``csim_ref``: CSIM
+    of these frames vs ``reference`` (the subject's training frames or their mean descriptor, as
+    :func:`evaluate_cross_driven`; None: unavailable), the ceiling of the cross-driven CSIM."""
+    if reference is not None:
+        idn.models()
     pairs = read_frames(gt_frames_dir, frames)
     idx = [i for i, _ in pairs]
     imgs = [f for _, f in pairs]
@@ -421,6 +491,10 @@ def evaluate_ground_truth(
     seg, why = _sync_audio(audio, idx, fps)
     syncnet = _load_syncnet_or_reason(syncnet_weights, device) if seg is not None else None
     out.update(_sync_metrics(imgs, lm, seg, fps, syncnet, prefix, why))
+    ref, n_ref, why_ref = _reference(reference)
+    out[prefix + "csim_ref"], out[prefix + "identity_frames"] = _identity_vs_reference(imgs, lm, ref, identity, why_ref)
+    if ref is not None and n_ref:
+        out[prefix + "identity_reference_frames"] = n_ref
     return out
 
 
@@ -433,6 +507,8 @@ def evaluate_cross_driven(
     device: Any = "cpu",
     static_landmarks: bool = True,
     prefix: str = "cross.",
+    reference: FrameSource | np.ndarray | None = None,
+    identity: IdentityParams = IdentityParams(),
 ) -> dict[str, Any]:
     """Cross-driven metrics of renders driven by foreign audios.
 
@@ -441,16 +517,25 @@ def evaluate_cross_driven(
             folder or frames; frame 0 = audio time 0).
         audios: audio name → the driving audio (file or 16 kHz samples); missing / None: the
             render's own sound track (mp4).
+        reference: the subject's identity for CSIM: its training frames (:data:`FrameSource`,
+            e.g. :attr:`IdentityParams.reference_frames` evenly spaced ones; their mean dlib
+            descriptor) or that mean descriptor ``[128]``; None: CSIM unavailable.
+        identity: CSIM settings (frames measured per render); dlib's models must be installed
+            (:class:`talkgs.pretrained.PretrainedMissing` otherwise).
 
     Returns:
         Flat dict: ``protocol``, ``cross.<audio>.<metric>`` and the means over audios
-        ``cross.<metric>`` (``lse_c``, ``lse_d``, ``mouth_env_corr``, ``mouth_open_std``).
+        ``cross.<metric>`` (``lse_c``, ``lse_d``, ``mouth_env_corr``, ``mouth_open_std``, ``csim``).
     """
     if not renders:
         raise ValueError("evaluate_cross_driven: no renders")
+    idn.models()  # a missing model file fails here, before anything is rendered or measured
     audios = dict(audios or {})
+    ref, n_ref, why_ref = _reference(reference)
     syncnet = _load_syncnet_or_reason(syncnet_weights, device)
     out: dict[str, Any] = {"protocol": CROSS_DRIVEN_PROTOCOL}
+    if ref is not None and n_ref:
+        out[prefix + "identity_reference_frames"] = n_ref
     for name, src in renders.items():
         if not re.fullmatch(r"[A-Za-z0-9_\-]+", name):
             raise ValueError(f"audio name {name!r}: use letters, digits, '_' or '-' (it becomes a metric key)")
@@ -470,7 +555,8 @@ def evaluate_cross_driven(
         opening = lmk.mouth_opening(lm)
         out[q + "mouth_open_std"] = _num(float(np.nanstd(opening)) if np.isfinite(opening).any() else float("nan"))
         out.update(_sync_metrics(imgs, lm, seg, fps, syncnet, q, "no audio"))
-    for k in ("lse_c", "lse_d", "mouth_env_corr", "mouth_open_std"):
+        out[q + "csim"], out[q + "identity_frames"] = _identity_vs_reference(imgs, lm, ref, identity, why_ref)
+    for k in ("lse_c", "lse_d", "mouth_env_corr", "mouth_open_std", "csim"):
         vals = [out[f"{prefix}{n}.{k}"] for n in renders]
         nums = [float(v) for v in vals if isinstance(v, (int, float))]
         if len(nums) == len(vals):

@@ -64,6 +64,8 @@ HEADLINE: dict[str, str] = {
     "self.lpips_face": "lower",
     "self.fid": "lower",
     "self.lmd_mouth": "lower",
+    "self.lmd68_mouth": "lower",
+    "self.csim": "higher",
     "self.aue_lower": "lower",
     "self.aue_upper": "lower",
     "self.lse_c": "higher",
@@ -72,6 +74,7 @@ HEADLINE: dict[str, str] = {
     "cross.lse_c": "higher",
     "cross.lse_d": "lower",
     "cross.mouth_env_corr": "higher",
+    "cross.csim": "higher",
     "train.time_s": "lower",
     "render.fps": "higher",
 }
@@ -84,6 +87,8 @@ DEFAULT_TOLERANCES: dict[str, float | str] = {
     "self.lpips_face": 0.002,
     "self.fid": 1.0,
     "self.lmd_mouth": 0.1,
+    "self.lmd68_mouth": 0.1,
+    "self.csim": 0.005,
     "self.aue_lower": 0.05,
     "self.aue_upper": 0.05,
     "self.lse_c": 0.1,
@@ -92,6 +97,7 @@ DEFAULT_TOLERANCES: dict[str, float | str] = {
     "cross.lse_c": 0.1,
     "cross.lse_d": 0.1,
     "cross.mouth_env_corr": 0.05,
+    "cross.csim": 0.005,
     "train.time_s": "25%",
     "render.fps": "25%",
 }
@@ -191,23 +197,27 @@ SELF_COLUMNS = (
     Column("SSIM ↑", "self.ssim_face", "{:.3f}", "1"),
     Column("LPIPS ↓", "self.lpips_face", "{:.4f}", "0"),
     Column("FID ↓", "self.fid", "{:.3f}", "0"),
-    Column("LMD ↓", "self.lmd_mouth", "{:.3f}", "0"),
+    Column("LMD-68 ↓", "self.lmd68_mouth", "{:.3f}", "0"),
+    Column("LMD-MP ↓", "self.lmd_mouth", "{:.3f}", "0"),
     Column("AUE-L ↓", "self.aue_lower", "{:.3f}", "0"),
     Column("AUE-U ↓", "self.aue_upper", "{:.3f}", "0"),
     Column("Sync (LSE-C) ↑", "self.lse_c", "{:.3f}", "@gt.lse_c"),
     Column("LSE-D ↓", "self.lse_d", "{:.3f}", "@gt.lse_d"),
+    Column("CSIM ↑", "self.csim", "{:.3f}", "1"),
     Column("Mouth corr ↑", "self.mouth_corr", "{:.3f}", "1"),
     Column("Training time ↓", "train.time_s", "time", "N/A"),
     Column("FPS ↑", "render.fps", "{:.1f}", "N/A"),
 )
-"""Columns of the self-driven table (GaussianTalker Table 1; AUE split into lower/upper as
-SyncGaussian; the weight-free mouth correlation added; CSIM not implemented)."""
+"""Columns of the self-driven table (GaussianTalker Table 1; LMD as the papers' 68-point mouth LMD
+and beside it the MediaPipe one; AUE split into lower/upper as SyncGaussian; CSIM with dlib's
+descriptor; the weight-free mouth correlation added)."""
 
 FEWSHOT_ROWS = (
     Column("PSNR ↑", "self.psnr_face", "{:.3f}"),
     Column("SSIM ↑", "self.ssim_face", "{:.3f}"),
     Column("LPIPS ↓", "self.lpips_face", "{:.4f}"),
-    Column("LMD ↓", "self.lmd_mouth", "{:.3f}"),
+    Column("LMD-68 ↓", "self.lmd68_mouth", "{:.3f}"),
+    Column("LMD-MP ↓", "self.lmd_mouth", "{:.3f}"),
     Column("Sync-C ↑", "self.lse_c", "{:.3f}"),
     Column("Sync-D ↓", "self.lse_d", "{:.3f}"),
     Column("Mouth corr ↑", "self.mouth_corr", "{:.3f}"),
@@ -311,7 +321,9 @@ def self_driven_table(records: Sequence[dict[str, Any]], variants: Sequence[str]
     subjects = sorted({r["_subject"] for r in runs})
     caption = (
         f"Self-driven (test split), mean over subjects: {', '.join(subjects) or 'none'}. PSNR/SSIM/LPIPS on the face crop; "
-        "LMD in pixels at the evaluated resolution; AUE from landmark AU proxies (not OpenFace); Sync = SyncNet LSE-C. "
+        "LMD-68: dlib 68-point mouth points (as the papers), LMD-MP: MediaPipe lip points, both in pixels at the evaluated "
+        "resolution; AUE from landmark AU proxies (not OpenFace); Sync = SyncNet LSE-C; CSIM: cosine of dlib face descriptors "
+        "(not the papers' embedding network, so not on their scale). "
         "Protocol: see `protocol` in each metrics file."
     )
     return _markdown("Self-driven", header, md_rows, notes, caption), _csv(header, csv_rows)
@@ -324,14 +336,17 @@ def cross_driven_table(records: Sequence[dict[str, Any]], variants: Sequence[str
     audios = sorted({m.group(1) for r in runs for k in r if (m := re.match(r"^cross\.([^.]+)\.lse_c$", k))})
     cols: list[Column] = []
     for a in audios:
-        cols += [Column(f"{a} Sync ↑", f"cross.{a}.lse_c"), Column(f"{a} LSE-D ↓", f"cross.{a}.lse_d"), Column(f"{a} Corr ↑", f"cross.{a}.mouth_env_corr")]
-    cols += [Column("Mean Sync ↑", "cross.lse_c"), Column("Mean LSE-D ↓", "cross.lse_d"), Column("Mean Corr ↑", "cross.mouth_env_corr"), Column("Mouth std", "cross.mouth_open_std")]
+        cols += [Column(f"{a} Sync ↑", f"cross.{a}.lse_c"), Column(f"{a} LSE-D ↓", f"cross.{a}.lse_d"), Column(f"{a} Corr ↑", f"cross.{a}.mouth_env_corr"),
+                 Column(f"{a} CSIM ↑", f"cross.{a}.csim")]  # fmt: skip
+    cols += [Column("Mean Sync ↑", "cross.lse_c"), Column("Mean LSE-D ↓", "cross.lse_d"), Column("Mean Corr ↑", "cross.mouth_env_corr"),
+             Column("Mean CSIM ↑", "cross.csim"), Column("Mouth std", "cross.mouth_open_std")]  # fmt: skip
     notes = _Notes()
     header = ["Method", *[c.title for c in cols], "Subjects"]
     md_rows, csv_rows = [], []
     gts = [r for r in records if r["_variant"] == GROUND_TRUTH and r["_fewshot"] is None]
     if gts:
-        gt_keys = {"cross.lse_c": "gt.lse_c", "cross.lse_d": "gt.lse_d", "cross.mouth_env_corr": "gt.mouth_env_corr", "cross.mouth_open_std": "gt.mouth_open_std"}
+        gt_keys = {"cross.lse_c": "gt.lse_c", "cross.lse_d": "gt.lse_d", "cross.mouth_env_corr": "gt.mouth_env_corr", "cross.mouth_open_std": "gt.mouth_open_std",
+                   "cross.csim": "gt.csim_ref"}  # fmt: skip
         md, cv = ["Ground Truth (own audio)"], ["Ground Truth (own audio)"]
         for c in cols:
             if c.key in gt_keys:
@@ -348,7 +363,9 @@ def cross_driven_table(records: Sequence[dict[str, Any]], variants: Sequence[str
         csv_rows.append([variant, *[v for _, v in cells], len(recs)])
     caption = (
         f"Cross-driven (foreign audios: {', '.join(audios) or 'none'}), mean over subjects. Sync = SyncNet LSE-C; "
-        "Corr = rendered mouth opening vs the driving speech envelope (max over ±3 frames); Mouth std = amount of mouth motion."
+        "Corr = rendered mouth opening vs the driving speech envelope (max over ±3 frames); CSIM = cosine of the render's dlib "
+        "face descriptors vs the mean descriptor of the subject's training frames (ground truth: its real test frames); "
+        "Mouth std = amount of mouth motion."
     )
     return _markdown("Cross-driven", header, md_rows, notes, caption), _csv(header, csv_rows)
 

@@ -25,9 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from talkgs.eval.identity import IdentityParams
+
 log = logging.getLogger(__name__)
 
-__all__ = ["EvalWeights", "evaluate_variant", "evaluate_subject_ground_truth", "test_split"]
+__all__ = ["EvalWeights", "evaluate_variant", "evaluate_subject_ground_truth", "test_split", "identity_reference"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,23 @@ def test_split(subject_dir: str | os.PathLike[str]) -> tuple[list[int], float]:
 test_split.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
 
 
+def identity_reference(subject_dir: str | os.PathLike[str], n: int) -> list[tuple[int, Any]]:
+    """``n`` evenly spaced training frames ``[(index, uint8 [H, W, 3])]`` of the subject (the
+    training split of ``extract/meta.json``, read from ``extract/frames``): the identity the
+    cross-driven CSIM compares with (:func:`talkgs.eval.identity.reference_descriptor`)."""
+    from talkgs.eval.identity import subsample
+    from talkgs.eval.protocols import read_frames
+
+    p = Path(subject_dir) / "extract" / "meta.json"
+    if not p.is_file():
+        raise FileNotFoundError(f"{p} not found: run the extract stage of this subject first")
+    a, b = json.loads(p.read_text())["split"]["train"]
+    if b <= a:
+        raise ValueError(f"{p}: the training split [{a}, {b}) is empty")
+    idx = [int(a) + int(k) for k in subsample(int(b) - int(a), n)]
+    return read_frames(Path(subject_dir) / "extract" / "frames", idx)
+
+
 def evaluate_variant(
     subject_dir: str | os.PathLike[str],
     model_dir: str | os.PathLike[str],
@@ -74,6 +93,7 @@ def evaluate_variant(
     progress: bool = False,
     extra: Mapping[str, Any] | None = None,
     train_timings: str | os.PathLike[str] | None = None,
+    identity: IdentityParams = IdentityParams(),
 ) -> dict[str, Any]:
     """Evaluate a trained ``(subject, variant)`` and write its metrics file; returns the metrics.
 
@@ -88,6 +108,7 @@ def evaluate_variant(
         resolution: render (and evaluate) at this size (None: the extracted resolution).
         extra: more flat keys for the metrics file (e.g. the few-shot budget).
         train_timings: the training run's timings json (``train.time_s``; None: not reported).
+        identity: CSIM / LMD-68 settings (dlib; the cross-driven reference frames).
 
     No timing is written into ``renders_dir``: the render speed (``render.fps``, forward +
     rasterisation frames/s of the test render) goes into the metrics file only, so a rerun writes
@@ -106,7 +127,7 @@ def evaluate_variant(
     self_m = evaluate_self_driven(
         subject_dir / "extract" / "frames", renders_dir / "test", subject_dir / "segment", audio=audio, fps=fps,
         alexnet_weights=weights.alexnet, lpips_linear_weights=weights.lpips_linear, syncnet_weights=weights.syncnet,
-        inception_weights=weights.inception, fid=fid, device=device, exclude=res["excluded"],
+        inception_weights=weights.inception, fid=fid, device=device, exclude=res["excluded"], identity=identity,
     )  # fmt: skip
     if self_m["self.first_frame"] != idx[0] or self_m["self.frames"] != len(idx):
         raise ValueError(f"{renders_dir / 'test'}: rendered frames {self_m['self.first_frame']}.. ({self_m['self.frames']}) are not the test split {idx[0]}..{idx[-1]}")
@@ -120,7 +141,8 @@ def evaluate_variant(
             feats = (foreign_features or {}).get(name)
             synthesize(subject_dir, model_dir, wav, out, resolution=resolution, device=device, progress=progress, audio_features=feats)
             renders[name] = out
-        parts.append(evaluate_cross_driven(renders, dict(foreign_audios), fps=fps, syncnet_weights=weights.syncnet, device=device))
+        reference = identity_reference(subject_dir, identity.reference_frames)
+        parts.append(evaluate_cross_driven(renders, dict(foreign_audios), fps=fps, syncnet_weights=weights.syncnet, device=device, reference=reference, identity=identity))
     parts.append(efficiency_metrics(train_timings, timing))
     if extra:
         parts.append(dict(extra))
@@ -134,13 +156,18 @@ def evaluate_subject_ground_truth(
     subject: str,
     syncnet_weights: str | None = None,
     device: Any = "cpu",
+    identity: IdentityParams = IdentityParams(),
 ) -> dict[str, Any]:
     """Write ``metrics/<S>/ground_truth.json``: LSE-C/D, mouth-envelope correlation and mouth
-    motion of the real test frames (:func:`talkgs.eval.protocols.evaluate_ground_truth`)."""
+    motion of the real test frames, and their CSIM vs the training frames (the ceiling of the
+    cross-driven CSIM) (:func:`talkgs.eval.protocols.evaluate_ground_truth`)."""
     from talkgs.eval.protocols import evaluate_ground_truth
     from talkgs.eval.report import GROUND_TRUTH, write_metrics
 
     subject_dir = Path(subject_dir)
     idx, fps = test_split(subject_dir)
-    m = evaluate_ground_truth(subject_dir / "extract" / "frames", idx, subject_dir / "extract" / "audio.wav", fps=fps, syncnet_weights=syncnet_weights, device=device)
+    m = evaluate_ground_truth(
+        subject_dir / "extract" / "frames", idx, subject_dir / "extract" / "audio.wav", fps=fps, syncnet_weights=syncnet_weights, device=device,
+        reference=identity_reference(subject_dir, identity.reference_frames), identity=identity,
+    )  # fmt: skip
     return write_metrics(metrics_json, m, subject=subject, variant=GROUND_TRUTH)
