@@ -158,7 +158,7 @@ def list_stages(root: Path, subjects: list[str] | None = None) -> list[str]:
 
 def dvc_status(root: Path, names: list[str]) -> dict[str, str]:
     """What ``dvc status`` says of each stage now: ``""`` when up to date, else what changed
-    (``changed deps: src.txt``). A stage downstream of a changed one may still show up to date:
+    (``changed deps: src.txt (modified)``). A stage downstream of a changed one may still show up to date:
     DVC only knows after the upstream stage ran (see :func:`dry_run_plan`)."""
     out = {n: "" for n in names}
     if not names:
@@ -174,7 +174,7 @@ def dvc_status(root: Path, names: list[str]) -> dict[str, str]:
         for ch in changes:
             if isinstance(ch, dict):
                 for what, files in ch.items():
-                    parts.append(f"{what}: {', '.join(files) if isinstance(files, dict) else files}")
+                    parts.append(f"{what}: " + (", ".join(f"{k} ({v})" for k, v in files.items()) if isinstance(files, dict) else str(files)))
             else:
                 parts.append(str(ch))
         if name in out:
