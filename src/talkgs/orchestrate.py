@@ -379,9 +379,10 @@ def _run_dvc_stage(stage: str, root: Path, emit: Callable[[int, str], None]) -> 
             raise DvcLockBusy(f"DVC repository lock busy while running {stage}; another `dvc` is running in {root}")
         m = _EXITED.search(out)
         what = f"its command exited with {m.group(1)}" if m else f"dvc repro exited with {rc}"
-        dvc_lines = [e for e in relay.errors if e.startswith("failed to reproduce")]
-        own = [e for e in relay.errors if e not in dvc_lines]
-        reason = (own or relay.tail or ["(no output)"])[-1]
+        # the stage's own last error (a traceback's last line), else its last output line
+        own = [e for e in relay.errors if not e.startswith("failed to reproduce")]
+        said = [t for t in relay.tail if not t.startswith("failed to reproduce")]
+        reason = (own or said or ["(no output)"])[-1].splitlines()[-1]
         tail = "\n".join(relay.tail[-10:])
         raise StageFailed(f"stage {stage} failed ({what}): {reason}\nlast output:\n{tail}")
     if "didn't change, skipping" in out:
