@@ -1,12 +1,14 @@
 """Prefect flow: reproduce the talkgs DVC pipeline, one task run per DVC stage.
 
     python flows/reproduce.py                    # every subject in params.yaml
-    python flows/reproduce.py --subject demo     # the demo's stages (+ what they depend on)
-    python flows/reproduce.py --dry-run          # print the stage order only
+    python flows/reproduce.py --subject demo     # the demo's stages, what they depend on, and report
+    python flows/reproduce.py --dry-run          # what `dvc status` says would run; runs nothing
 
-With `make ui` running (a local Prefect server on 127.0.0.1:4200) and PREFECT_API_URL pointing at
-it (the Makefile exports it), the run and each stage show up in the UI; without a server Prefect
-runs with a temporary local one. DVC decides what reruns; see talkgs.orchestrate.
+With `make ui` running (a local Prefect server on 127.0.0.1:4200), set PREFECT_API_URL to it
+(`PREFECT_API_URL=http://127.0.0.1:4200/api make repro`; the Makefile does not set it, so that
+without a server Prefect runs against a temporary local one) and the run shows up in the UI:
+the stages as the DVC graph, those DVC skipped as Cached, the run named and tagged after its
+subjects, git revision and params.yaml hash. DVC decides what reruns; see talkgs.orchestrate.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--subject", action="append", default=[], help="subject (repeatable; default: all)")
     p.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[1], help="repository root")
-    p.add_argument("--dry-run", action="store_true", help="print the stage order, run nothing")
+    p.add_argument("--dry-run", action="store_true", help="print which stages would run (dvc status), run nothing")
     args = p.parse_args(argv)
     result = reproduce(args.root, subjects=args.subject or None, dry_run=args.dry_run)
     return 0 if result.ok else 1

@@ -1,15 +1,31 @@
-"""The Prefect flow over DVC stages, on a tiny real DVC pipeline under Prefect's test harness."""
+"""The Prefect flow over DVC stages, on a tiny real DVC pipeline under Prefect's test harness.
+
+What a Prefect user sees is asserted through Prefect's REST API: the flow run graph's edges
+(task run ``wait_for`` inputs), ``Cached`` state names, the run's name and tags, artifacts on the
+task run of the stage that wrote them (republished only when their content changed), log levels.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from talkgs.orchestrate import list_stages, metric_tables, reproduce, stage_subject
+from talkgs.orchestrate import (
+    LogRelay,
+    list_stages,
+    metric_row,
+    metric_tables,
+    plan_stages,
+    reproduce,
+    stage_artifacts,
+    stage_subject,
+)
 
 PY = sys.executable
 
@@ -23,17 +39,40 @@ def prefect_harness():
 
 
 def _tiny_pipeline(root: Path) -> None:
-    """make_src -> count@a, count@b (foreach) -> metrics json; shaped like the real dvc.yaml."""
-    (root / "params.yaml").write_text("subjects:\n  a: {n: 2}\n  b: {n: 3}\n")
+    """make_src -> count@a, count@b (foreach) -> report; shaped like the real dvc.yaml: per-subject
+    metrics json under metrics/subjects, a render per subject, tables (md + csv) from report."""
+    (root / "params.yaml").write_text("subjects:\n  a: {n: 2}\n  b: {n: 3}\nevaluate:\n  variants: [v1]\n")
     (root / "make_src.py").write_text(
         "open('src.txt', 'w').write('hello\\n')\nopen('runs.log', 'a').write('make_src\\n')\n"
     )
     (root / "count.py").write_text(textwrap.dedent("""
         import json, os, sys
+        from talkgs.progress import PlainProgress
         key, n = sys.argv[1], int(sys.argv[2])
-        os.makedirs("metrics", exist_ok=True)
-        json.dump({"n": n, "len": len(open("src.txt").read())}, open(f"metrics/{key}.json", "w"))
+        os.makedirs("metrics/subjects", exist_ok=True)
+        os.makedirs(f"renders/{key}", exist_ok=True)
+        bar = PlainProgress("steps", count="step", interval=0)
+        t = bar.add_task(f"train {key}", total=2)
+        bar.update(t, completed=1)
+        bar.update(t, completed=2)
+        print(f"careful with {key}", file=sys.stderr)
+        json.dump({"n": n, "len": len(open("src.txt").read()), "train": {"time_s": 125.0},
+                   "lpips": {"status": "unavailable", "reason": "no AlexNet weights"}},
+                  open(f"metrics/subjects/{key}.json", "w"))
+        open(f"renders/{key}/comparison.mp4", "wb").write(b"fake video " + key.encode())
         open("runs.log", "a").write(f"count {key}\\n")
+    """))
+    (root / "report.py").write_text(textwrap.dedent("""
+        import json, os
+        os.makedirs("metrics/tables", exist_ok=True)
+        rows = {f[:-5]: json.load(open("metrics/subjects/" + f)) for f in sorted(os.listdir("metrics/subjects"))}
+        md = "### Self-driven\\n\\nCaption: mean over subjects.\\n\\n| subject | n |\\n|---|---|\\n"
+        md += "".join(f"| {k} | {v['n']} |\\n" for k, v in rows.items()) + "\\nn/a: LPIPS, no weights\\n"
+        open("metrics/tables/self_driven.md", "w").write(md)
+        open("metrics/tables/self_driven.csv", "w").write("subject,n\\n" + "".join(f"{k},{v['n']}\\n" for k, v in rows.items()))
+        open("metrics/tables/few_shot.md", "w").write("### Few-shot\\n\\n| Metric |\\n|---|\\n| PSNR |\\n")
+        open("metrics/tables/few_shot.csv", "w").write("Metric\\nPSNR\\n")
+        open("runs.log", "a").write("report\\n")
     """))
     (root / "dvc.yaml").write_text(textwrap.dedent(f"""
         stages:
@@ -48,9 +87,17 @@ def _tiny_pipeline(root: Path) -> None:
               deps: [src.txt, count.py]
               params:
                 - subjects.${{key}}
+              outs:
+                - renders/${{key}}
               metrics:
-                - metrics/${{key}}.json:
+                - metrics/subjects/${{key}}.json:
                     cache: false
+          report:
+            cmd: {PY} report.py
+            deps: [metrics/subjects, report.py]
+            outs:
+              - metrics/tables:
+                  cache: false
     """))
 
 
@@ -61,38 +108,117 @@ def test_stage_subject():
     assert stage_subject("pretrain@gaussiantalker") is None and stage_subject("audio_features@demo_speech2") is None
 
 
-def test_list_stages_orders_dependencies_first(dvc_repo: Path):
+def test_plan_has_dvc_edges_and_subject_runs_include_report(dvc_repo: Path):
     _tiny_pipeline(dvc_repo)
-    assert list_stages(dvc_repo) == ["make_src", "count@a", "count@b"]
-    assert list_stages(dvc_repo, ["b"]) == ["make_src", "count@b"]
+    plan = {s.name: s for s in plan_stages(dvc_repo)}
+    assert list(plan) == ["make_src", "count@a", "count@b", "report"]
+    assert plan["make_src"].upstream == ()
+    assert plan["count@a"].upstream == ("make_src",)
+    assert plan["report"].upstream == ("count@a", "count@b")
+    assert plan["count@b"].outs == ("metrics/subjects/b.json", "renders/b")
+    # one subject: its stages, what they depend on, and the subject-less stages downstream (report)
+    sub = plan_stages(dvc_repo, ["b"])
+    assert [s.name for s in sub] == ["make_src", "count@b", "report"]
+    assert sub[-1].upstream == ("count@b",)
+    assert list_stages(dvc_repo, ["b"]) == ["make_src", "count@b", "report"]
     with pytest.raises(ValueError, match="no DVC stages for subject"):
         list_stages(dvc_repo, ["zzz"])
 
 
-def test_flow_runs_stages_then_skips_and_publishes(dvc_repo: Path, prefect_harness):
-    _tiny_pipeline(dvc_repo)
-    first = reproduce(dvc_repo)
-    assert first.ok, first.error
-    assert first.stages == {"make_src": "ran", "count@a": "ran", "count@b": "ran"}
-    assert json.loads((dvc_repo / "metrics/b.json").read_text()) == {"n": 3, "len": 6}
-    assert sorted(first.artifacts) == ["metrics-a", "metrics-b"]
-
-    second = reproduce(dvc_repo)  # DVC decides: nothing changed, nothing reruns
-    assert second.ok and set(second.stages.values()) == {"skipped"}
-    assert (dvc_repo / "runs.log").read_text().count("\n") == 3
-
-    # read back through the REST API (prefect 3.8.8's client sends nulls its own server rejects)
+def _api(path: str, body: dict[str, Any]) -> Any:
     import httpx
     from prefect.settings import PREFECT_API_URL
 
-    body = {"artifacts": {"key": {"any_": ["metrics-a"]}}, "limit": 5, "offset": 0, "sort": "CREATED_DESC"}
-    arts = httpx.post(f"{PREFECT_API_URL.value()}/artifacts/filter", json=body, timeout=30).json()
-    assert len(arts) == 2 and all(a["type"] == "table" for a in arts), arts  # one per run
-    assert '"metric": "len"' in arts[0]["data"] and '"value": 6' in arts[0]["data"]
+    # the raw REST API (prefect 3.8.8's client sends nulls its own server rejects)
+    r = httpx.post(f"{PREFECT_API_URL.value()}{path}", json={"limit": 200, "offset": 0, **body}, timeout=30)
+    r.raise_for_status()
+    return r.json()
 
 
-def test_failing_stage_stops_flow_without_retry(dvc_repo: Path, prefect_harness):
-    (dvc_repo / "boom.py").write_text("open('tries.log', 'a').write('x')\nraise SystemExit(3)\n")
+def _task_runs(flow_run_id: str) -> dict[str, dict[str, Any]]:
+    runs = _api("/task_runs/filter", {"task_runs": {"flow_run_id": {"any_": [flow_run_id]}}})
+    return {r["name"]: r for r in runs}
+
+
+def _artifacts(flow_run_id: str) -> list[dict[str, Any]]:
+    return _api("/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}})
+
+
+def _logs(task_run_id: str) -> list[tuple[int, str]]:
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)
+    logs = _api("/logs/filter", {"logs": {"task_run_id": {"any_": [task_run_id]}}, "sort": "TIMESTAMP_ASC"})
+    return [(r["level"], r["message"]) for r in logs]
+
+
+def test_flow_graph_cached_names_tags_artifacts(dvc_repo: Path, prefect_harness):
+    _tiny_pipeline(dvc_repo)
+    first = reproduce(dvc_repo, subjects=["a"])
+    assert first.ok, first.error
+    assert first.stages == {"make_src": "ran", "count@a": "ran", "report": "ran"}
+    assert json.loads((dvc_repo / "metrics/subjects/a.json").read_text())["len"] == 6
+
+    # run name and tags: what the run covers and the revision it runs
+    fr = _api("/flow_runs/filter", {"flow_runs": {"id": {"any_": [first.flow_run_id]}}})[0]
+    assert fr["name"] == first.flow_run_name and fr["name"].startswith("a@nogit-p"), fr["name"]
+    assert {"talkgs", "scope:subjects", "subject:a", "variant:v1", "git:nogit"} <= set(fr["tags"])
+    assert any(t.startswith("params:") for t in fr["tags"])
+
+    # the DVC DAG as task run inputs: each task waits for its dvc.yaml dependencies
+    runs = _task_runs(first.flow_run_id)
+    assert set(runs) == {"make_src", "count@a", "report"}
+    waits = {n: {i["id"] for i in r["task_inputs"].get("wait_for", [])} for n, r in runs.items()}
+    assert waits == {"make_src": set(), "count@a": {runs["make_src"]["id"]}, "report": {runs["count@a"]["id"]}}
+    assert {r["state"]["name"] for r in runs.values()} == {"Completed"}
+    assert {"stage:count", "subject:a", "talkgs"} <= set(runs["count@a"]["tags"])
+
+    # artifacts hang off the task run of the stage that wrote them
+    arts = {a["key"]: a for a in _artifacts(first.flow_run_id)}
+    assert sorted(arts) == sorted(first.artifacts)
+    assert set(arts) == {"metrics-subjects-a", "render-renders-a-comparison", "metrics-tables-self-driven",
+                         "metrics-tables-few-shot"}  # fmt: skip
+    assert arts["metrics-subjects-a"]["task_run_id"] == runs["count@a"]["id"]
+    uri = (dvc_repo / "renders/a/comparison.mp4").resolve().as_uri()  # a link artifact: markdown with the link
+    assert arts["render-renders-a-comparison"]["data"] == f"[renders/a/comparison.mp4]({uri})"
+    assert arts["metrics-tables-self-driven"]["task_run_id"] == runs["report"]["id"]
+    assert arts["metrics-tables-self-driven"]["type"] == "markdown"
+    assert "Caption: mean over subjects." in arts["metrics-tables-self-driven"]["data"]
+    assert "few-shot is off" in arts["metrics-tables-few-shot"]["data"]
+    table = json.loads(arts["metrics-subjects-a"]["data"])
+    assert {"metric": "train.time_s", "value": 125.0, "unit": "s", "note": "2m05s"} in table
+    assert {"metric": "lpips", "value": "n/a", "unit": "", "note": "no AlexNet weights"} in table
+
+    # logs: one prefix, levels mapped, progress at INFO, DVC's hints not at INFO
+    logs = _logs(runs["count@a"]["id"])
+    assert (logging.WARNING, "careful with a") in logs, logs
+    progress = [m for lv, m in logs if "talkgs.progress: train a: step" in m]
+    assert progress and all(lv == logging.INFO for lv, m in logs if m in progress), logs
+    assert not [m for lv, m in logs if "dvc push" in m or "git add" in m], logs
+
+    # second run: DVC skips everything, the tasks end "Cached", nothing is republished
+    second = reproduce(dvc_repo, subjects=["a"])
+    assert second.ok and set(second.stages.values()) == {"skipped"}
+    assert {r["state"]["name"] for r in _task_runs(second.flow_run_id).values()} == {"Cached"}
+    assert second.artifacts == [] and _artifacts(second.flow_run_id) == []
+    assert (dvc_repo / "runs.log").read_text().count("\n") == 3
+
+    # the whole pipeline: count@b runs, a stays Cached, report reruns (its input changed)
+    third = reproduce(dvc_repo)
+    assert third.ok, third.error
+    assert third.stages == {"make_src": "skipped", "count@a": "skipped", "count@b": "ran", "report": "ran"}
+    runs3 = _task_runs(third.flow_run_id)
+    assert runs3["count@a"]["state"]["name"] == "Cached" and runs3["count@b"]["state"]["name"] == "Completed"
+    assert {i["id"] for i in runs3["report"]["task_inputs"]["wait_for"]} == {runs3["count@a"]["id"], runs3["count@b"]["id"]}
+    assert set(third.artifacts) == {"metrics-subjects-b", "render-renders-b-comparison", "metrics-tables-self-driven"}
+    assert third.flow_run_name.startswith("all@")
+
+
+def test_failing_stage_goes_red_with_its_exit_code(dvc_repo: Path, prefect_harness):
+    (dvc_repo / "boom.py").write_text(
+        "import sys\nopen('tries.log', 'a').write('x')\nprint('ERROR talkgs.pipeline: stage boom: no frames in x.mp4', file=sys.stderr)\n"
+        "raise SystemExit(3)\n"
+    )
     (dvc_repo / "dvc.yaml").write_text(textwrap.dedent(f"""
         stages:
           boom:
@@ -102,20 +228,89 @@ def test_failing_stage_stops_flow_without_retry(dvc_repo: Path, prefect_harness)
             cmd: {PY} -c "open('after.txt','w').write('x')"
             deps: [never.txt]
             outs: [after.txt]
+          other:
+            cmd: {PY} -c "open('other.txt','w').write('x')"
+            outs: [other.txt]
     """))
     res = reproduce(dvc_repo)
-    assert not res.ok and "stage boom failed" in (res.error or "")
+    assert not res.ok
+    assert "stage boom failed (its command exited with 3): talkgs.pipeline: stage boom: no frames in x.mp4" in (res.error or "")
+    assert "dvc exit" not in (res.error or "")
     assert (dvc_repo / "tries.log").read_text() == "x", "a failing command is not retried"
     assert not (dvc_repo / "after.txt").exists()
+    assert (dvc_repo / "other.txt").exists(), "an independent stage still runs"
+    assert res.stages == {"boom": "failed", "after": "not run", "other": "ran"}
+    runs = _task_runs(res.flow_run_id)
+    assert runs["boom"]["state"]["type"] == "FAILED" and runs["after"]["state"]["name"] == "NotReady"
+    fr = _api("/flow_runs/filter", {"flow_runs": {"id": {"any_": [res.flow_run_id]}}})[0]
+    assert fr["state"]["type"] == "FAILED"
+    errors = [m for lv, m in _logs(runs["boom"]["id"]) if lv == logging.ERROR]
+    assert any("no frames in x.mp4" in m for m in errors) and any("exited with 3" in m for m in errors)
 
 
-def test_metric_tables_keys_are_stable(tmp_path: Path):
+def test_dry_run_says_what_would_run(dvc_repo: Path, capsys):
+    _tiny_pipeline(dvc_repo)
+    subprocess_run = __import__("subprocess").run
+    subprocess_run([PY, "-m", "dvc", "repro", "-q"], cwd=dvc_repo, check=True, capture_output=True)
+    (dvc_repo / "params.yaml").write_text("subjects:\n  a: {n: 2}\n  b: {n: 4}\nevaluate:\n  variants: [v1]\n")
+    res = reproduce(dvc_repo, dry_run=True)
+    assert res.stages["make_src"] == "up to date" and res.stages["count@a"] == "up to date"
+    assert res.stages["count@b"].startswith("would run: changed deps")
+    assert res.stages["report"] == "may run: after count@b"
+    out = capsys.readouterr().out
+    assert "1 of 4 stage(s) would run, 1 may run" in out
+
+
+def test_log_relay_levels():
+    got: list[tuple[int, str]] = []
+    relay = LogRelay(lambda lv, m: got.append((lv, m)))
+    for line, err in [
+        ("Running stage 'x':", False),
+        ("INFO talkgs.pipeline: extract demo: 300 frames", True),
+        ("WARNING talkgs.track: head roll 12 deg", True),
+        ("W0000 00:00:1712345678.123456   123 inference_feedback_manager.cc:114] Feedback manager", True),
+        ("WARNING: All log messages before absl::InitializeLog() is called are written to STDERR", True),
+        ("Traceback (most recent call last):", True),
+        ('  File "x.py", line 1, in <module>', True),
+        ("ValueError: bad", True),
+        ("ERROR: failed to reproduce 'x': failed to run: python x.py, exited with 1", True),
+        ("Use `dvc push` to send your updates to remote storage.", False),
+        ("some stray stderr", True),
+    ]:
+        relay.line(line + "\n", err)
+    relay.flush()
+    assert got == [
+        (logging.INFO, "Running stage 'x':"),
+        (logging.INFO, "talkgs.pipeline: extract demo: 300 frames"),
+        (logging.WARNING, "talkgs.track: head roll 12 deg"),
+        (logging.DEBUG, "W0000 00:00:1712345678.123456   123 inference_feedback_manager.cc:114] Feedback manager"),
+        (logging.DEBUG, "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"),
+        (logging.ERROR, 'Traceback (most recent call last):\n  File "x.py", line 1, in <module>\nValueError: bad'),
+        (logging.ERROR, "failed to reproduce 'x': failed to run: python x.py, exited with 1"),
+        (logging.DEBUG, "Use `dvc push` to send your updates to remote storage."),
+        (logging.WARNING, "some stray stderr"),
+    ]
+
+
+def test_metric_rows_units_and_reasons():
+    assert metric_row("train.time_s", 693.15) == {"metric": "train.time_s", "value": 693.15, "unit": "s", "note": "11m33s"}
+    assert metric_row("it_s", 5.7)["unit"] == "steps/s" and metric_row("render.fps", 20.0)["unit"] == "frames/s"
+    assert metric_row("self.psnr_face", 30.3)["unit"] == "dB" and metric_row("steps", 4000)["unit"] == ""
+    assert metric_row("x", {"status": "unavailable", "reason": "why"})["note"] == "why"
+
+
+def test_artifact_keys_are_stable(tmp_path: Path):
     (tmp_path / "metrics/tables").mkdir(parents=True)
     (tmp_path / "metrics/demo").mkdir()
     (tmp_path / "metrics/demo/GaussianTalker.json").write_text(json.dumps({"psnr": {"face": 30.1}, "fps": 5}))
     (tmp_path / "metrics/tables/self_driven.csv").write_text("variant,psnr\nstatic,25.0\n")
+    (tmp_path / "metrics/tables/all_metrics.csv").write_text("variant,psnr\nstatic,25.0\n")
+    (tmp_path / "metrics/tables/self_driven.md").write_text("### Self-driven\n\ncaption\n")
     t = metric_tables(tmp_path)
-    assert set(t) == {"metrics-demo-gaussiantalker", "metrics-tables-self-driven"}
+    assert set(t) == {"metrics-demo-gaussiantalker", "metrics-tables-all-metrics"}
     assert t["metrics-demo-gaussiantalker"][0] == [
-        {"metric": "psnr.face", "value": 30.1}, {"metric": "fps", "value": 5}
+        {"metric": "psnr.face", "value": 30.1, "unit": "dB", "note": ""},
+        {"metric": "fps", "value": 5, "unit": "frames/s", "note": ""},
     ]
+    kinds = {s.key: s.kind for s in stage_artifacts(tmp_path, ["metrics/tables"])}
+    assert kinds == {"metrics-tables-self-driven": "markdown", "metrics-tables-all-metrics": "table"}

@@ -311,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run `dvc repro --single-item` for every stage of the chosen subjects, in "
                        "dependency order, as Prefect task runs (watch them with `make ui`). DVC decides what reruns.")  # fmt: skip
     s.add_argument("--subject", action="append", default=[], help="only this subject's stages (repeatable; default: all)")
-    s.add_argument("--dry-run", action="store_true", help="list the stages that would run, run nothing")
+    s.add_argument("--dry-run", action="store_true", help="list the planned stages and which of them would run (dvc status), run nothing")
     s.set_defaults(func=cmd_repro)
     return p
 

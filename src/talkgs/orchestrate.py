@@ -1,15 +1,25 @@
-"""Prefect orchestration of the DVC pipeline: one task run per DVC stage.
+"""Prefect orchestration of the DVC pipeline: one task run per DVC stage, wired as the DVC DAG.
 
 DVC owns caching and decides what reruns; Prefect adds visibility (the UI, logs per stage),
-retries for I/O errors, and table artifacts for the metrics. Rules (docs/architecture.md):
+retries for I/O errors, and artifacts for the metrics, tables, renders and curves. Rules
+(docs/architecture.md):
 
 - each task runs ``dvc repro --single-item <stage>``, in dependency order, one at a time
-  (DVC takes a repository lock: never two ``dvc repro`` in one workspace);
+  (DVC takes a repository lock: never two ``dvc repro`` in one workspace); each task waits for
+  the tasks of the stages it depends on in ``dvc.yaml`` (``wait_for``), so the flow run graph is
+  the DVC DAG, and a failed stage leaves its downstream stages unrun (state ``NotReady``) while
+  independent branches still run;
+- a stage DVC found up to date (or restored from its run cache) ends ``Completed`` with the
+  state name ``Cached``; one that ran ends ``Completed``;
 - Prefect's own result caching is off (``cache_policy=NO_CACHE``) so the two never disagree;
 - only I/O failures (:class:`OSError`, e.g. DVC's repository lock held by another process)
   are retried; a failing stage command is not;
-- metrics files (``metrics/**/*.json``, ``metrics/**/*.csv``) are published as table
-  artifacts with stable keys.
+- a stage's outputs are published as artifacts of its own task run (:func:`stage_artifacts`):
+  metrics json as tables (with units), ``metrics/tables/*.md`` as markdown (captions and n/a
+  footnotes kept), videos / images / curves as links; each only when its content changed since
+  the latest artifact of that key on the server (the content hash is in the description);
+- the flow run is named and tagged after what it runs (:func:`run_identity`): subjects,
+  variants, git revision, params.yaml hash.
 
 ``flows/reproduce.py`` and ``talkgs repro`` are thin wrappers over :func:`reproduce`.
 """
@@ -17,12 +27,17 @@ retries for I/O errors, and table artifacts for the metrics. Rules (docs/archite
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
 import json
 import logging
 import os
+import queue
 import re
 import subprocess
 import sys
+import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +45,12 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 LOCK_MESSAGES = ("Unable to acquire lock", "lock is held", "LockError")
+
+ARTIFACT_FORMAT = "talkgs-artifact-v2"
+"""Mixed into every artifact's content hash: a change of how files are rendered republishes."""
+
+LINK_SUFFIXES = (".mp4", ".png", ".jpg", ".gif", ".webm")
+"""Files at the top level of a stage output that get a link artifact (videos, sheets, plots)."""
 
 
 class StageFailed(RuntimeError):
@@ -56,7 +77,9 @@ def _subprocess_env() -> dict[str, str]:
     env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
     env.setdefault("DVC_NO_ANALYTICS", "1")
     env.setdefault("PYTHONUNBUFFERED", "1")
-    env["TALKGS_PLAIN_LOGS"] = "1"  # the task logger adds its own time/level prefix
+    # stage logs as `LEVEL name: message` (progress lines too), which the relay maps onto the
+    # task logger's levels: one prefix, the task logger's
+    env["TALKGS_PLAIN_LOGS"] = "1"
     return env
 
 
@@ -71,65 +94,306 @@ def stage_subject(stage: str) -> str | None:
     return stage.split("@", 1)[1].split("-", 1)[0]
 
 
-def list_stages(root: Path, subjects: list[str] | None = None) -> list[str]:
-    """DVC stage names in execution order (dependencies first).
+# ----------------------------------------------------------------------------------------------
+# the plan: which stages, in which order, with which edges
 
-    With ``subjects``: the stages of those subjects plus everything upstream of them (e.g. the
-    ``make_demo`` stage that produces the demo video).
+
+@dataclass(frozen=True)
+class PlannedStage:
+    """One DVC stage of a run: its direct upstream stages (among the planned ones) and outputs."""
+
+    name: str
+    upstream: tuple[str, ...]
+    outs: tuple[str, ...]  # paths relative to the repository root (outs, metrics, plots)
+
+
+def plan_stages(root: Path, subjects: list[str] | None = None, stages: list[str] | None = None) -> list[PlannedStage]:
+    """The DVC stages to run, dependencies first, with their edges (from ``dvc.yaml``).
+
+    - no arguments: every stage;
+    - ``subjects``: the stages of those subjects, everything upstream of them (e.g. ``make_demo``,
+      ``pretrain@V``, ``audio_features@A``) and the subject-less stages downstream of them
+      (``report``, so a one-subject run refreshes ``metrics/tables``);
+    - ``stages``: exactly those (names as ``dvc stage list`` prints them).
     """
     import networkx as nx
     from dvc.repo import Repo
 
+    root = Path(root).resolve()
     with Repo(str(root)) as repo:
         graph = repo.index.graph  # edges point from a stage to the stages it depends on
         name_of = {s: getattr(s, "name", None) or s.addressing for s in graph.nodes}
-        if subjects:
+        if stages is not None:
+            unknown = sorted(set(stages) - set(name_of.values()))
+            if unknown:
+                raise ValueError(f"no DVC stage(s) {unknown} in {root / 'dvc.yaml'}; `dvc stage list` lists them")
+            wanted = {s for s, n in name_of.items() if n in set(stages)}
+        elif subjects:
             known = {stage_subject(n) for n in name_of.values()} - {None}
             missing = [s for s in subjects if s not in known]
             if missing:
                 raise ValueError(f"no DVC stages for subject(s) {missing}; subjects in dvc.yaml: {sorted(known)}")
-            wanted = {s for s, n in name_of.items() if stage_subject(n) in subjects}
-            for s in list(wanted):
-                wanted |= nx.descendants(graph, s)
-            graph = graph.subgraph(wanted)
+            own = {s for s, n in name_of.items() if stage_subject(n) in subjects}
+            wanted = set(own)
+            for s in own:
+                wanted |= nx.descendants(graph, s)  # upstream
+                wanted |= {d for d in nx.ancestors(graph, s) if stage_subject(name_of[d]) is None}  # downstream, subject-less
+        else:
+            wanted = set(graph.nodes)
+        sub = graph.subgraph(wanted)
         # dependencies first; ties broken by name so the order is stable
-        order = nx.lexicographical_topological_sort(graph.reverse(copy=False), key=lambda s: name_of[s])
-        return [name_of[s] for s in order]
+        order = list(nx.lexicographical_topological_sort(sub.reverse(copy=False), key=lambda s: name_of[s]))
+        plan = []
+        for s in order:
+            outs = tuple(sorted(os.path.relpath(o.fs_path, root) for o in s.outs))
+            up = tuple(sorted(name_of[d] for d in sub.successors(s)))
+            plan.append(PlannedStage(name_of[s], up, outs))
+        return plan
 
 
-def _run_dvc_stage(stage: str, root: Path, emit: Any) -> str:
-    """Run one stage with ``dvc repro --single-item``; stream its output through ``emit``.
+def list_stages(root: Path, subjects: list[str] | None = None) -> list[str]:
+    """DVC stage names in execution order (dependencies first); see :func:`plan_stages`."""
+    return [s.name for s in plan_stages(root, subjects)]
+
+
+def dvc_status(root: Path, names: list[str]) -> dict[str, str]:
+    """What ``dvc status`` says of each stage now: ``""`` when up to date, else what changed
+    (``changed deps: src.txt (modified)``). A stage downstream of a changed one may still show up to date:
+    DVC only knows after the upstream stage ran (see :func:`dry_run_plan`)."""
+    out = {n: "" for n in names}
+    if not names:
+        return out
+    cmd = [sys.executable, "-m", "dvc", "status", "--json", *names]
+    r = subprocess.run(cmd, cwd=root, env=_subprocess_env(), capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"`dvc status` failed in {root} (exit {r.returncode}): {r.stderr.strip() or r.stdout.strip()}")
+    raw = json.loads(r.stdout or "{}")
+    for key, changes in raw.items():
+        name = key.split(":", 1)[-1]  # "dvc.yaml:count@a" or "count@a"
+        parts = []
+        for ch in changes:
+            if isinstance(ch, dict):
+                for what, files in ch.items():
+                    parts.append(f"{what}: " + (", ".join(f"{k} ({v})" for k, v in files.items()) if isinstance(files, dict) else str(files)))
+            else:
+                parts.append(str(ch))
+        if name in out:
+            out[name] = "; ".join(parts) or "changed"
+    return out
+
+
+def dry_run_plan(root: Path, plan: list[PlannedStage]) -> dict[str, str]:
+    """``{stage: "would run: <why>" | "may run: after <upstream>" | "up to date"}`` from ``dvc status``.
+
+    "may run": a stage that is up to date now but downstream of one that would run; DVC reruns it
+    only if that stage's new outputs differ (a deterministic rerun writes the same bytes).
+    """
+    status = dvc_status(root, [s.name for s in plan])
+    verdict: dict[str, str] = {}
+    moving: set[str] = set()
+    for s in plan:
+        if status[s.name]:
+            verdict[s.name] = f"would run: {status[s.name]}"
+            moving.add(s.name)
+        elif moving.intersection(s.upstream):
+            verdict[s.name] = "may run: after " + ", ".join(u for u in s.upstream if u in moving)
+            moving.add(s.name)
+        else:
+            verdict[s.name] = "up to date"
+    return verdict
+
+
+# ----------------------------------------------------------------------------------------------
+# run names and tags
+
+
+def _git(root: Path, *args: str) -> str | None:
+    try:
+        r = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30)
+    except OSError:
+        return None
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
+def run_identity(root: Path, subjects: list[str] | None, stages: list[str] | None = None) -> tuple[str, list[str]]:
+    """``(flow run name, tags)`` for a run: what it covers and the revision it runs.
+
+    Name: ``<scope>@<git short sha>[+dirty]-p<params hash>``, scope ``all``, the subjects joined
+    by ``+`` or ``stages``. Tags: ``talkgs``, ``scope:all|subjects|stages``, ``subject:<S>``,
+    ``variant:<V>`` (``params.yaml: evaluate.variants``), ``git:<sha>`` (+ ``git:dirty``),
+    ``params:<hash>`` (first 8 hex of params.yaml's sha256).
+    """
+    import yaml
+
+    root = Path(root)
+    params_path = root / "params.yaml"
+    raw = params_path.read_bytes() if params_path.is_file() else b""
+    phash = hashlib.sha256(raw).hexdigest()[:8]
+    params = yaml.safe_load(raw) or {} if raw else {}
+    all_subjects = sorted((params.get("subjects") or {}).keys()) if isinstance(params.get("subjects"), dict) else []
+    variants = list(((params.get("evaluate") or {}).get("variants") or [])) if isinstance(params.get("evaluate"), dict) else []
+    sha = _git(root, "rev-parse", "--short=7", "HEAD") or "nogit"
+    dirty = bool(_git(root, "status", "--porcelain", "--untracked-files=no")) if sha != "nogit" else False
+    if stages is not None:
+        scope, kind, subj = "stages", "stages", sorted({s for s in map(stage_subject, stages) if s})
+    elif subjects:
+        scope, kind, subj = "+".join(subjects), "subjects", list(subjects)
+    else:
+        scope, kind, subj = "all", "all", all_subjects
+    name = f"{scope}@{sha}{'+dirty' if dirty else ''}-p{phash}"
+    tags = ["talkgs", f"scope:{kind}", *[f"subject:{s}" for s in subj], *[f"variant:{v}" for v in variants],
+            f"git:{sha}", *(["git:dirty"] if dirty else []), f"params:{phash}"]  # fmt: skip
+    return name, tags
+
+
+def stage_tags(stage: str) -> list[str]:
+    """Tags of a stage's task run: ``stage:<stage kind>`` and ``subject:<S>`` where it has one."""
+    subj = stage_subject(stage)
+    return [f"stage:{stage.split('@', 1)[0]}", *([f"subject:{subj}"] if subj else [])]
+
+
+# ----------------------------------------------------------------------------------------------
+# running one stage: dvc repro, its output relayed at the right levels
+
+
+_LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR,
+           "CRITICAL": logging.CRITICAL}  # fmt: skip
+_PLAIN_LOG = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL) (\S+: .*)$")
+_DVC_LEVEL = re.compile(r"^(ERROR|WARNING): (.*)$")
+_ABSL = re.compile(r"^([IWEF])\d{4} [\d:.]+\s+\d+\s+\S+:\d+\] ")
+_NOISE = (
+    re.compile(r"^To track the changes with git, run:$"),
+    re.compile(r"^\s*git add .*dvc\.lock.*$"),
+    re.compile(r"^To enable auto staging, run:$"),
+    re.compile(r"^\s*dvc config core\.autostage true$"),
+    re.compile(r"^Use `dvc push` to send your updates to remote storage\.$"),
+    re.compile(r"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$"),
+    re.compile(r"^INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$"),
+)
+_TB_CONT = ("Traceback (most recent call last):", "During handling of the above exception", "The above exception was")
+
+
+class LogRelay:
+    """Maps a stage's output lines onto log levels, one record per line (a traceback: one record).
+
+    - ``LEVEL name: message`` (talkgs's plain logs, progress lines included) -> that level,
+      ``name: message``;
+    - DVC's ``ERROR: ...`` / ``WARNING: ...`` -> ERROR / WARNING; a Python traceback -> ERROR;
+    - DVC's ``git add dvc.lock`` / autostage / ``dvc push`` hints, MediaPipe's absl I/W lines
+      -> DEBUG (absl E -> WARNING, F -> ERROR);
+    - anything else: stdout -> INFO, stderr -> WARNING.
+    """
+
+    def __init__(self, emit: Callable[[int, str], None]) -> None:
+        self.emit = emit
+        self._tb: list[str] = []
+        self.tail: list[str] = []  # the last non-noise lines (for the failure message)
+        self.errors: list[str] = []  # ERROR-level records
+
+    def _out(self, level: int, msg: str) -> None:
+        if level > logging.DEBUG:
+            self.tail = (self.tail + [msg])[-15:]
+        if level >= logging.ERROR:
+            self.errors.append(msg)
+        self.emit(level, msg)
+
+    def line(self, line: str, stderr: bool) -> None:
+        line = line.rstrip("\r\n")
+        if self._tb:
+            if line.startswith((" ", "\t")) or not line.strip() or line.startswith(_TB_CONT):
+                self._tb.append(line)
+                return
+            self._tb.append(line)  # the exception line ends it
+            self.flush()
+            return
+        if not line.strip():
+            return
+        if stderr and line.startswith("Traceback (most recent call last):"):
+            self._tb = [line]
+            return
+        if any(p.match(line) for p in _NOISE):
+            self.emit(logging.DEBUG, line)
+            return
+        if m := _ABSL.match(line):
+            self._out({"I": logging.DEBUG, "W": logging.DEBUG, "E": logging.WARNING}.get(m.group(1), logging.ERROR), line)
+            return
+        if m := _PLAIN_LOG.match(line):
+            self._out(_LEVELS[m.group(1)], m.group(2))
+            return
+        if m := _DVC_LEVEL.match(line):
+            self._out(_LEVELS[m.group(1)], m.group(2))
+            return
+        self._out(logging.WARNING if stderr else logging.INFO, line)
+
+    def flush(self) -> None:
+        if self._tb:
+            tb, self._tb = self._tb, []
+            while tb and not tb[-1].strip():
+                tb.pop()
+            self._out(logging.ERROR, "\n".join(tb))
+
+
+_EXITED = re.compile(r"exited with (-?\d+)")
+
+
+def _run_dvc_stage(stage: str, root: Path, emit: Callable[[int, str], None]) -> str:
+    """Run one stage with ``dvc repro --single-item``; relay its output through ``emit(level, msg)``.
 
     Returns ``"skipped"`` when DVC found it up to date, ``"restored"`` when DVC's run cache
-    had its outputs, else ``"ran"``.
+    had its outputs, else ``"ran"``. Raises :class:`StageFailed` with the stage command's own exit
+    status and error lines, :class:`DvcLockBusy` when DVC's lock is held.
     """
     cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage]
     try:
         proc = subprocess.Popen(
-            cmd, cwd=root, env=_subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, bufsize=1,
+            cmd, cwd=root, env=_subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, bufsize=1, errors="replace",
         )  # fmt: skip
     except OSError as e:  # could not start the process at all: I/O, retry
         raise OSError(f"could not start {' '.join(cmd)}: {e}") from e
-    lines: list[str] = []
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        line = line.rstrip()
-        if line:
-            lines.append(line)
-            emit(line)
+    lines: queue.Queue[tuple[bool, str | None]] = queue.Queue()
+
+    def pump(stream: Any, is_err: bool) -> None:
+        for line in stream:
+            lines.put((is_err, line))
+        lines.put((is_err, None))
+
+    pumps = [threading.Thread(target=pump, args=(s, e), daemon=True) for s, e in ((proc.stdout, False), (proc.stderr, True))]
+    for t in pumps:
+        t.start()
+    relay = LogRelay(emit)
+    text: list[str] = []
+    open_streams = 2
+    while open_streams:
+        is_err, line = lines.get()
+        if line is None:
+            open_streams -= 1
+            continue
+        text.append(line)
+        relay.line(line, is_err)
+    relay.flush()
     rc = proc.wait()
-    text = "\n".join(lines)
+    out = "".join(text)
     if rc != 0:
-        if any(m in text for m in LOCK_MESSAGES):
+        if any(m in out for m in LOCK_MESSAGES):
             raise DvcLockBusy(f"DVC repository lock busy while running {stage}; another `dvc` is running in {root}")
-        tail = "\n".join(lines[-15:])
-        raise StageFailed(f"stage {stage} failed (dvc exit {rc}); last output:\n{tail}")
-    if "didn't change, skipping" in text:
+        m = _EXITED.search(out)
+        what = f"its command exited with {m.group(1)}" if m else f"dvc repro exited with {rc}"
+        # the stage's own last error (a traceback's last line), else its last output line
+        own = [e for e in relay.errors if not e.startswith("failed to reproduce")]
+        said = [t for t in relay.tail if not t.startswith("failed to reproduce")]
+        reason = (own or said or ["(no output)"])[-1].splitlines()[-1]
+        tail = "\n".join(relay.tail[-10:])
+        raise StageFailed(f"stage {stage} failed ({what}): {reason}\nlast output:\n{tail}")
+    if "didn't change, skipping" in out:
         return "skipped"
-    if "is cached - skipping run" in text:
+    if "is cached - skipping run" in out:
         return "restored"
     return "ran"
+
+
+# ----------------------------------------------------------------------------------------------
+# artifacts
 
 
 def _slug(text: str) -> str:
@@ -138,7 +402,7 @@ def _slug(text: str) -> str:
 
 def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
-    if isinstance(obj, dict):
+    if isinstance(obj, dict) and not _is_unavailable(obj):
         for k, v in obj.items():
             out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
     else:
@@ -146,45 +410,212 @@ def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def metric_tables(root: Path) -> dict[str, tuple[list[dict[str, Any]], str]]:
-    """Tables to publish: ``{artifact_key: (rows, description)}`` from ``metrics/``.
+def _is_unavailable(v: Any) -> bool:
+    return isinstance(v, dict) and v.get("status") == "unavailable" and "reason" in v
 
-    A json file becomes a two-column (metric, value) table; a csv file is published as is.
-    Keys are stable: ``metrics-<path under metrics/ without suffix>``, slugged
-    (``metrics/tables/self_driven.csv`` -> ``metrics-tables-self-driven``).
-    """
-    tables: dict[str, tuple[list[dict[str, Any]], str]] = {}
-    mdir = root / "metrics"
-    if not mdir.is_dir():
-        return tables
-    for path in sorted(mdir.rglob("*")):
-        if path.suffix not in (".json", ".csv") or not path.is_file():
-            continue
-        rel = path.relative_to(root)
-        key = _slug("metrics-" + str(path.relative_to(mdir).with_suffix("")))
-        if path.suffix == ".json":
-            flat = _flatten(json.loads(path.read_text()))
-            rows = [{"metric": k, "value": v} for k, v in flat.items()]
+
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+_UNITS = (
+    (re.compile(r"(^|[._])(it_s|steps_s)$"), "steps/s"),
+    (re.compile(r"(^|[._])fps$"), "frames/s"),
+    (re.compile(r"(^|[._])psnr([._][a-z_]+)?$"), "dB"),
+    (re.compile(r"_ms$"), "ms"),
+    (re.compile(r"_px$"), "px"),
+    (re.compile(r"(_s|_seconds|(^|[._])seconds)$"), "s"),
+)
+
+
+def metric_row(key: str, value: Any) -> dict[str, Any]:
+    """One row of a metrics table: ``metric``, ``value``, ``unit`` (from the key's suffix:
+    ``_s`` seconds, ``it_s`` steps/s, ``fps``, ``psnr`` dB, ...) and ``note`` (an unavailable
+    metric's reason; a duration over a minute in minutes and seconds)."""
+    if _is_unavailable(value):
+        return {"metric": key, "value": "n/a", "unit": "", "note": str(value["reason"])}
+    unit = next((u for pat, u in _UNITS if pat.search(key)), "") if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
+    note = _duration(value) if unit == "s" and value >= 60 else ""
+    return {"metric": key, "value": value, "unit": unit, "note": note}
+
+
+@dataclass
+class ArtifactSpec:
+    """An artifact to publish: ``kind`` table / markdown / link, its payload, from which file."""
+
+    key: str
+    kind: str
+    payload: Any
+    source: str  # path relative to the repository root
+    digest: str  # content hash (of the file and ARTIFACT_FORMAT)
+    link_text: str = ""
+
+    @property
+    def description(self) -> str:
+        return f"`{self.source}` (talkgs; sha256 {self.digest})"
+
+
+def _digest(*chunks: bytes) -> str:
+    h = hashlib.sha256(ARTIFACT_FORMAT.encode())
+    for c in chunks:
+        h.update(c)
+    return h.hexdigest()[:16]
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256(ARTIFACT_FORMAT.encode())
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def _key(prefix: str, rel: str) -> str:
+    return _slug(f"{prefix}-{Path(rel).with_suffix('')}")
+
+
+def _csv_rows(text: str) -> tuple[list[str], list[dict[str, Any]]]:
+    reader = csv.DictReader(io.StringIO(text))
+    rows = list(reader)
+    return list(reader.fieldnames or []), rows
+
+
+def _file_specs(root: Path, rel: str) -> list[ArtifactSpec]:
+    """The artifacts of one output file (none for files that are not metrics, tables, media, curves)."""
+    path = root / rel
+    parts = Path(rel).parts
+    if not path.is_file():
+        return []
+    if parts[0] == "metrics" and path.suffix == ".json":
+        raw = path.read_bytes()
+        try:
+            flat = _flatten(json.loads(raw))
+        except json.JSONDecodeError:
+            return []
+        rows = [metric_row(k, v) for k, v in flat.items()]
+        return [ArtifactSpec(_key("metrics", str(Path(*parts[1:]))), "table", rows, rel, _digest(raw))]
+    if parts[0] == "metrics" and path.suffix == ".md":
+        raw = path.read_bytes()
+        text = raw.decode()
+        sibling = path.with_suffix(".csv")
+        if sibling.is_file():
+            header, _ = _csv_rows(sibling.read_text())
+            if len(header) <= 1:  # a table without a single data column: say so instead
+                hint = " (few-shot is off: `params.yaml: evaluate.few_shot.subjects` is empty)" if "few_shot" in path.stem else ""
+                title = text.splitlines()[0] if text.strip() else f"### {path.stem}"
+                text = f"{title}\n\nNo runs feed this table yet{hint}; `{rel}` has no data columns.\n"
+        return [ArtifactSpec(_key("metrics", str(Path(*parts[1:]))), "markdown", text, rel, _digest(raw))]
+    if parts[0] == "metrics" and path.suffix == ".csv":
+        if path.with_suffix(".md").is_file():
+            return []  # the markdown version carries the caption and the footnotes
+        raw = path.read_bytes()
+        header, rows = _csv_rows(raw.decode())
+        if not rows or len(header) <= 1:
+            return []
+        return [ArtifactSpec(_key("metrics", str(Path(*parts[1:]))), "table", rows, rel, _digest(raw))]
+    if path.suffix.lower() in LINK_SUFFIXES or (parts[0] == "plots" and path.suffix == ".csv"):
+        what = "curves" if path.suffix == ".csv" else "render" if path.suffix in (".mp4", ".webm", ".gif") else "image"
+        return [ArtifactSpec(_key(what, rel), "link", path.resolve().as_uri(), rel, _file_digest(path), link_text=rel)]
+    return []
+
+
+def stage_artifacts(root: Path, outs: Iterable[str]) -> list[ArtifactSpec]:
+    """The artifacts of a stage's outputs (``outs``: paths relative to ``root``, as in
+    :class:`PlannedStage`): metrics json -> table (metric, value, unit, note); ``metrics/**.md`` ->
+    markdown (a csv beside it is not published twice; a table without data columns becomes a
+    note); other ``metrics/**.csv`` -> table; ``plots/**.csv`` (curves) and the videos / images at
+    the top level of an output (``comparison.mp4``, ``contact_sheet.png``) -> ``file://`` links.
+    Keys are stable: ``metrics-<path under metrics/>``, ``render-``/``image-``/``curves-<path>``,
+    slugged (``metrics/tables/self_driven.md`` -> ``metrics-tables-self-driven``)."""
+    root = Path(root).resolve()
+    specs: list[ArtifactSpec] = []
+    for rel in outs:
+        path = root / rel
+        if path.is_dir():
+            inner = sorted(path.rglob("*")) if Path(rel).parts[0] == "metrics" else sorted(path.iterdir())
+            for p in inner:
+                if p.is_file() and not p.name.startswith("."):
+                    specs += _file_specs(root, os.path.relpath(p, root))
         else:
-            with open(path, newline="") as f:
-                rows = list(csv.DictReader(f))
-        tables[key] = (rows, f"{rel}")
-    return tables
+            specs += _file_specs(root, rel)
+    return specs
+
+
+def metric_tables(root: Path) -> dict[str, tuple[list[dict[str, Any]], str]]:
+    """Every table artifact of ``metrics/`` (json and csv files): ``{key: (rows, source path)}``."""
+    mdir = Path(root) / "metrics"
+    if not mdir.is_dir():
+        return {}
+    return {s.key: (s.payload, s.source) for s in stage_artifacts(root, ["metrics"]) if s.kind == "table"}
+
+
+def _latest_digests(keys: list[str]) -> dict[str, str]:
+    """``{key: content hash}`` of the latest artifact of each key on the Prefect server."""
+    from prefect.client.orchestration import get_client
+
+    if not keys:
+        return {}
+    body = {"artifacts": {"key": {"any_": keys}}, "limit": len(keys), "offset": 0}
+    with get_client(sync_client=True) as client:
+        # the raw route: prefect 3.8.8's read_latest_artifacts sends nulls its own server rejects
+        resp = client.request("POST", "/artifacts/latest/filter", json=body)
+        resp.raise_for_status()
+    out = {}
+    for a in resp.json():
+        m = re.search(r"sha256 ([0-9a-f]{16})", a.get("description") or "")
+        if m:
+            out[a["key"]] = m.group(1)
+    return out
+
+
+def publish_artifacts(specs: list[ArtifactSpec], logger: Any) -> tuple[list[str], list[str]]:
+    """Publish the specs whose content changed since the server's latest artifact of their key
+    (in the current task run, so they hang off it). Returns ``(published keys, unchanged keys)``."""
+    from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+
+    latest = _latest_digests([s.key for s in specs])
+    published, unchanged = [], []
+    for s in specs:
+        if latest.get(s.key) == s.digest:
+            unchanged.append(s.key)
+            continue
+        if s.kind == "table":
+            create_table_artifact(table=s.payload, key=s.key, description=s.description)
+        elif s.kind == "markdown":
+            create_markdown_artifact(markdown=s.payload, key=s.key, description=s.description)
+        else:
+            create_link_artifact(link=s.payload, link_text=s.link_text, key=s.key, description=s.description)
+        published.append(s.key)
+    if published:
+        logger.info("published %d artifact(s): %s", len(published), ", ".join(published))
+    if unchanged:
+        logger.info("%d artifact(s) unchanged, not republished: %s", len(unchanged), ", ".join(unchanged))
+    return published, unchanged
+
+
+# ----------------------------------------------------------------------------------------------
+# the flow
 
 
 @dataclass
 class ReproResult:
     ok: bool
-    stages: dict[str, str] = field(default_factory=dict)  # stage -> ran / skipped / failed
-    artifacts: list[str] = field(default_factory=list)
+    stages: dict[str, str] = field(default_factory=dict)  # stage -> ran / skipped / restored / failed / not run
+    artifacts: list[str] = field(default_factory=list)  # keys published by this run
     error: str | None = None
+    flow_run_id: str | None = None
+    flow_run_name: str | None = None
 
 
-def _build_flow() -> Any:
-    """Define the Prefect task and flow (import of prefect deferred: it is slow)."""
-    from prefect import flow, get_run_logger, task
-    from prefect.artifacts import create_table_artifact
+def _build_flow(sink: dict[str, Any]) -> Any:
+    """Define the Prefect task and flow (import of prefect deferred: it is slow). The flow writes
+    its stage outcomes into ``sink`` (they survive a failed run)."""
+    from prefect import flow, get_run_logger, tags, task
     from prefect.cache_policies import NO_CACHE
+    from prefect.runtime import flow_run
+    from prefect.states import Completed
+    from prefect.task_runners import ThreadPoolTaskRunner
 
     def retry_on_io(task: Any, task_run: Any, state: Any) -> bool:
         try:
@@ -199,29 +630,49 @@ def _build_flow() -> Any:
         name="dvc-stage", task_run_name="{stage}", retries=2, retry_delay_seconds=10,
         retry_condition_fn=retry_on_io, cache_policy=NO_CACHE, persist_result=False,
     )  # fmt: skip
-    def dvc_stage(stage: str, root: str) -> str:
+    def dvc_stage(stage: str, root: str, outs: list[str]) -> Any:
         logger = get_run_logger()
-        status = _run_dvc_stage(stage, Path(root), logger.info)
-        logger.info("stage %s: %s", stage, status)
-        return status
+        status = _run_dvc_stage(stage, Path(root), lambda level, msg: logger.log(level, "%s", msg))
+        published, _ = publish_artifacts(stage_artifacts(Path(root), outs), logger)
+        sink.setdefault("artifacts", []).extend(published)
+        if status == "ran":
+            logger.info("stage %s: ran", stage)
+            return status
+        why = "DVC found it up to date" if status == "skipped" else "DVC restored its outputs from the run cache"
+        logger.info("stage %s: cached (%s)", stage, why)
+        return Completed(name="Cached", message=why, data=status)
 
-    @task(name="publish-metrics", cache_policy=NO_CACHE, persist_result=False)
-    def publish_metrics(root: str) -> list[str]:
-        keys = []
-        for key, (rows, desc) in metric_tables(Path(root)).items():
-            create_table_artifact(table=rows, key=key, description=f"talkgs metrics from `{desc}`")
-            keys.append(key)
-        return keys
-
-    @flow(name="talkgs-reproduce", persist_result=False, log_prints=True)
-    def reproduce_flow(root: str, stages: list[str]) -> dict[str, Any]:
+    @flow(name="talkgs-reproduce", persist_result=False, log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
+    def reproduce_flow(root: str, plan: list[dict[str, Any]]) -> dict[str, str]:
         logger = get_run_logger()
-        logger.info("%d stage(s) in order: %s", len(stages), ", ".join(stages))
-        done: dict[str, str] = {}
-        for stage in stages:  # serial: DVC holds a repository lock
-            done[stage] = dvc_stage(stage, root)
-        keys = publish_metrics(root)
-        return {"stages": done, "artifacts": keys}
+        sink["flow_run_id"], sink["flow_run_name"] = str(flow_run.id), flow_run.name
+        logger.info("%d stage(s) in order: %s", len(plan), ", ".join(s["name"] for s in plan))
+        futures: dict[str, Any] = {}
+        # submitted in dependency order to one worker thread: serial (DVC's repository lock),
+        # each waiting for its dvc.yaml dependencies (the edges of the flow run graph)
+        for s in plan:
+            with tags(*stage_tags(s["name"])):
+                futures[s["name"]] = dvc_stage.submit(
+                    s["name"], root, s["outs"], wait_for=[futures[u] for u in s["upstream"] if u in futures]
+                )
+        outcome: dict[str, str] = {}
+        failed: list[str] = []
+        for name, fut in futures.items():
+            fut.wait()
+            state = fut.state
+            if state.is_completed():
+                outcome[name] = fut.result()
+            elif state.is_failed() or state.is_crashed():
+                outcome[name] = "failed"
+                failed.append(state.message or name)
+            else:
+                outcome[name] = "not run"
+        sink["stages"] = outcome
+        if failed:
+            blocked = [n for n, o in outcome.items() if o == "not run"]
+            more = f"; not run (upstream failed): {', '.join(blocked)}" if blocked else ""
+            raise StageFailed("; ".join(failed) + more)
+        return outcome
 
     return reproduce_flow
 
@@ -229,18 +680,31 @@ def _build_flow() -> Any:
 def reproduce(
     root: Path = Path("."), subjects: list[str] | None = None, stages: list[str] | None = None, dry_run: bool = False
 ) -> ReproResult:
-    """Run the DVC stages (all, or those of ``subjects``, or exactly ``stages``) as a Prefect flow."""
+    """Run the DVC stages (all, or those of ``subjects`` + ``report``, or exactly ``stages``) as a
+    Prefect flow; with ``dry_run``, print what ``dvc status`` says would run, run nothing."""
     root = Path(root).resolve()
     prefect_env(root)
-    order = stages if stages is not None else list_stages(root, subjects)
+    plan = plan_stages(root, subjects, stages)
     if dry_run:
-        for s in order:
-            print(s)
-        return ReproResult(ok=True, stages={s: "planned" for s in order})
-    flow = _build_flow()
+        verdict = dry_run_plan(root, plan)
+        width = max((len(s.name) for s in plan), default=0)
+        for s in plan:
+            print(f"{s.name:<{width}}  {verdict[s.name]}")
+        n = sum(v.startswith("would") for v in verdict.values())
+        print(f"{n} of {len(plan)} stage(s) would run, {sum(v.startswith('may') for v in verdict.values())} may run")
+        return ReproResult(ok=True, stages=verdict)
+    from prefect import tags
+
+    name, run_tags = run_identity(root, subjects, stages)
+    sink: dict[str, Any] = {}
+    flow = _build_flow(sink).with_options(flow_run_name=name)
+    payload = [{"name": s.name, "upstream": list(s.upstream), "outs": list(s.outs)} for s in plan]
     try:
-        out = flow(str(root), order)
+        with tags(*run_tags):
+            flow(str(root), payload)
     except (StageFailed, OSError) as e:
         log.error("%s", e)
-        return ReproResult(ok=False, error=str(e))
-    return ReproResult(ok=True, stages=out["stages"], artifacts=out["artifacts"])
+        return ReproResult(ok=False, stages=sink.get("stages", {}), artifacts=sink.get("artifacts", []), error=str(e),
+                           flow_run_id=sink.get("flow_run_id"), flow_run_name=sink.get("flow_run_name"))  # fmt: skip
+    return ReproResult(ok=True, stages=sink.get("stages", {}), artifacts=sink.get("artifacts", []),
+                       flow_run_id=sink.get("flow_run_id"), flow_run_name=sink.get("flow_run_name"))  # fmt: skip

@@ -11,6 +11,8 @@
 - :func:`iterate` -- wrap an iterable in a bar, rate included.
 
 ``TALKGS_PROGRESS_SECONDS`` sets the interval of the plain lines (default 15 s; 0: every update).
+With ``TALKGS_PLAIN_LOGS=1`` (set by the Prefect flow) each plain line starts ``INFO talkgs.progress: ``
+like the plain log records, so the flow logs it at INFO in the stage's task log.
 """
 
 from __future__ import annotations
@@ -202,7 +204,10 @@ class PlainProgress:
         task.t_printed = time.perf_counter()
         task.printed_final = final or task.finished
         stream = self.stream
-        stream.write(self.line(task, final=final) + "\n")
+        # under the Prefect flow (TALKGS_PLAIN_LOGS=1) a progress line reads like a log record,
+        # which the flow's relay logs at INFO in the stage's task log (not as stray stderr)
+        prefix = "INFO talkgs.progress: " if os.environ.get("TALKGS_PLAIN_LOGS") == "1" else ""
+        stream.write(prefix + self.line(task, final=final) + "\n")
         stream.flush()
 
 
