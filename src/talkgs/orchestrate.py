@@ -425,6 +425,7 @@ _UNITS = (
     (re.compile(r"(^|[._])psnr([._][a-z_]+)?$"), "dB"),
     (re.compile(r"_ms$"), "ms"),
     (re.compile(r"_px$"), "px"),
+    (re.compile(r"(^|[._])lmd[a-z0-9]*_(mouth|face)$"), "px"),  # landmark distances: pixels at the evaluated size
     (re.compile(r"(_s|_seconds|(^|[._])seconds)$"), "s"),
 )
 
