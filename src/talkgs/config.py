@@ -30,6 +30,7 @@ from talkgs.features.build import FeaturesParams
 from talkgs.preprocess.extract import ExtractParams
 from talkgs.preprocess.segment import SegmentParams
 from talkgs.preprocess.track import TrackParams
+from talkgs.sync.train import SyncExpertParams
 from talkgs.train.params import TrainParams
 
 __all__ = [
@@ -139,6 +140,8 @@ class Params:
     features: FeaturesParams = field(default_factory=FeaturesParams)
     train: TrainParams = field(default_factory=TrainParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    sync_expert: SyncExpertParams = field(default_factory=SyncExpertParams)
+    """The audio-visual sync expert (stage ``sync_expert``, :mod:`talkgs.sync`)."""
 
     def subject(self, name: str) -> SubjectParams:
         if name not in self.subjects:
@@ -168,7 +171,7 @@ class Params:
         return dataclasses.replace(self.extract, resolution=s.resolution)
 
 
-RESERVED_NAMES = {"raw", "audio", "pretrain"}  # folders of data/ and models/ that are not subjects
+RESERVED_NAMES = {"raw", "audio", "pretrain", "sync_expert"}  # folders of data/ and models/ that are not subjects
 
 
 def validate(params: Params, source: str) -> Params:
@@ -214,6 +217,17 @@ def validate(params: Params, source: str) -> Params:
                     f"{source}: evaluate.few_shot.variants: {name!r} is not in evaluate.variants; few-shot runs are compared with "
                     f"the variant's full run (the @all column) and start from its pretrain@{name} stage: add {name!r} there too"
                 )
+    se = params.sync_expert
+    for name in se.subjects:
+        if name not in params.subjects:
+            hint = f" Enable it first: `talkgs subjects enable {name}`." if name in params.catalog else closest_hint(name, list(params.subjects))
+            raise ConfigError(f"{source}: sync_expert.subjects names {name!r}, not an enabled subject ({', '.join(sorted(params.subjects))}).{hint}")
+    for name in se.eval_subjects:
+        if name not in params.subjects and name not in params.catalog:
+            raise ConfigError(
+                f"{source}: sync_expert.eval_subjects names {name!r}, neither an enabled subject nor in the catalog."
+                f"{closest_hint(name, [*params.subjects, *params.catalog])}"
+            )
     for name in fs.subjects:
         if name not in params.subjects:
             hint = f" Enable it first: `talkgs subjects enable {name}`." if name in params.catalog else closest_hint(name, list(params.subjects))
