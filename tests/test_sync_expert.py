@@ -216,35 +216,22 @@ def test_stage_loads_weights_instead_of_training(sync_root: Path, tmp_path: Path
         pipeline.sync_expert(_params(sync_root, weights=str(tmp_path / "missing.pth")), sync_root, progress=False)
 
 
-def test_config_checks():
+def test_config_checks(tmp_path: Path):
+    from talkgs import pipeline
     from talkgs.config import ConfigError, parse_params
 
-    base = {"subjects": {"tiny": {"video": "x.mp4"}}, "train": {"variants": {"static": {}}}, "evaluate": {"variants": ["static"], "few_shot": {"variants": ["static"]}}}
-    with pytest.raises(ConfigError, match=r"sync_expert\.subjects names 'demo', not an enabled subject"):
-        parse_params({**base, "sync_expert": {}})
+    base = {"subjects": {"tiny": {"video": "x.mp4"}}, "catalog": {"may": {"video": "z.mp4"}}, "train": {"variants": {"static": {}}},
+            "evaluate": {"variants": ["static"], "few_shot": {"variants": ["static"]}}}  # fmt: skip
     with pytest.raises(ConfigError, match=r"sync_expert: unknown key 'stepz'\. Did you mean 'steps'\?"):
         parse_params({**base, "sync_expert": {"subjects": ["tiny"], "stepz": 3}})
-    with pytest.raises(ConfigError, match=r"sync_expert\.frames: 4 must be odd|frames: 4 must be odd"):
+    with pytest.raises(ConfigError, match=r"frames: 4 must be odd"):
         parse_params({**base, "sync_expert": {"subjects": ["tiny"], "frames": 4}})
     with pytest.raises(ConfigError, match=r"also training subjects"):
         parse_params({**base, "sync_expert": {"subjects": ["tiny"], "eval_subjects": ["tiny"]}})
-    with pytest.raises(ConfigError, match=r"sync_expert\.eval_subjects names 'nobody'"):
-        parse_params({**base, "sync_expert": {"subjects": ["tiny"], "eval_subjects": ["nobody"]}})
-
-
-def test_wav2lip_inputs(sync_root: Path):
-    """The official expert's inputs: Wav2Lip's mel (80 Hz, [-4, 4]) and lower-face BGR crops; an
-    untrained Wav2Lip expert is evaluated on them end to end."""
-    from talkgs.sync.data import load_clip
-    from talkgs.sync.model import WAV2LIP_SPEC
-    from talkgs.sync.wav2lip import wav2lip_mel
-
-    t = np.arange(16000) / 16000
-    quiet, loud = wav2lip_mel(0.01 * np.sin(2 * np.pi * 440 * t)), wav2lip_mel(0.5 * np.sin(2 * np.pi * 440 * t))
-    assert quiet.shape == (80, 81) and quiet.min() >= -4 and loud.max() <= 4
-    band = int(np.argmax(loud.mean(1)))
-    assert loud[band].mean() > quiet[band].mean() + 1
-    clip = load_clip(sync_root / "data" / "tiny", WAV2LIP_SPEC)
-    assert clip.crops.shape == (48, 48, 96, 3) and clip.audio.shape == (48, 80, 16)
-    r = evaluate(Wav2LipSyncNet().eval(), [clip], "test", 5)
-    assert r["pairs"] > 0 and 0 <= r["accuracy"] <= 1
+    # subject names are checked when the stage runs (a disabled demo must not make params.yaml invalid)
+    params = parse_params({**base, "sync_expert": {"subjects": ["may"]}})
+    with pytest.raises(ConfigError, match=r"sync_expert\.subjects names 'may', not an enabled subject \(tiny\)\. It is in the catalog"):
+        pipeline.sync_expert(params, tmp_path, progress=False)
+    params = parse_params({**base, "sync_expert": {"subjects": ["tiny"], "eval_subjects": ["nobody"]}})
+    with pytest.raises(ConfigError, match=r"sync_expert\.eval_subjects names 'nobody', neither an enabled subject nor in the catalog"):
+        pipeline.sync_expert(params, tmp_path, progress=False)

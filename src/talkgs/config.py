@@ -217,17 +217,6 @@ def validate(params: Params, source: str) -> Params:
                     f"{source}: evaluate.few_shot.variants: {name!r} is not in evaluate.variants; few-shot runs are compared with "
                     f"the variant's full run (the @all column) and start from its pretrain@{name} stage: add {name!r} there too"
                 )
-    se = params.sync_expert
-    for name in se.subjects:
-        if name not in params.subjects:
-            hint = f" Enable it first: `talkgs subjects enable {name}`." if name in params.catalog else closest_hint(name, list(params.subjects))
-            raise ConfigError(f"{source}: sync_expert.subjects names {name!r}, not an enabled subject ({', '.join(sorted(params.subjects))}).{hint}")
-    for name in se.eval_subjects:
-        if name not in params.subjects and name not in params.catalog:
-            raise ConfigError(
-                f"{source}: sync_expert.eval_subjects names {name!r}, neither an enabled subject nor in the catalog."
-                f"{closest_hint(name, [*params.subjects, *params.catalog])}"
-            )
     for name in fs.subjects:
         if name not in params.subjects:
             hint = f" Enable it first: `talkgs subjects enable {name}`." if name in params.catalog else closest_hint(name, list(params.subjects))

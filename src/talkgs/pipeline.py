@@ -305,8 +305,15 @@ def sync_expert(params: Params, root: Path, *, progress: bool = True) -> dict:
     se = params.sync_expert
     out, metrics, timings = root / paths.SYNC_EXPERT, root / paths.SYNC_EXPERT_METRICS, root / paths.SYNC_EXPERT_TIMINGS
     sweep_temp(out, metrics, timings)
-    for s in se.subjects:
-        params.subject(s)  # enabled (a clear error otherwise)
+    from talkgs.config import ConfigError, closest_hint
+
+    for s in se.subjects:  # checked here, not when params.yaml loads: disabling a subject must not break the file
+        if s not in params.subjects:
+            hint = f" It is in the catalog: run `talkgs subjects enable {s}`." if s in params.catalog else closest_hint(s, list(params.subjects))
+            raise ConfigError(f"sync_expert.subjects names {s!r}, not an enabled subject ({', '.join(sorted(params.subjects))}).{hint}")
+    for s in se.eval_subjects:
+        if s not in params.subjects and s not in params.catalog:
+            raise ConfigError(f"sync_expert.eval_subjects names {s!r}, neither an enabled subject nor in the catalog.{closest_hint(s, [*params.subjects, *params.catalog])}")
     enabled = [s for s in se.eval_subjects if s in params.subjects]
     skipped = [s for s in se.eval_subjects if s not in params.subjects]
     if skipped:
