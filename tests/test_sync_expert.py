@@ -235,3 +235,21 @@ def test_config_checks(tmp_path: Path):
     params = parse_params({**base, "sync_expert": {"subjects": ["tiny"], "eval_subjects": ["nobody"]}})
     with pytest.raises(ConfigError, match=r"sync_expert\.eval_subjects names 'nobody', neither an enabled subject nor in the catalog"):
         pipeline.sync_expert(params, tmp_path, progress=False)
+
+
+def test_wav2lip_inputs(sync_root: Path):
+    """The official expert's inputs: Wav2Lip's mel (80 Hz, [-4, 4]) and lower-face BGR crops; an
+    untrained Wav2Lip expert is evaluated on them end to end."""
+    from talkgs.sync.data import load_clip
+    from talkgs.sync.model import WAV2LIP_SPEC
+    from talkgs.sync.wav2lip import wav2lip_mel
+
+    t = np.arange(16000) / 16000
+    quiet, loud = wav2lip_mel(0.01 * np.sin(2 * np.pi * 440 * t)), wav2lip_mel(0.5 * np.sin(2 * np.pi * 440 * t))
+    assert quiet.shape == (80, 81) and quiet.min() >= -4 and loud.max() <= 4
+    band = int(np.argmax(loud.mean(1)))
+    assert loud[band].mean() > quiet[band].mean() + 1
+    clip = load_clip(sync_root / "data" / "tiny", WAV2LIP_SPEC)
+    assert clip.crops.shape == (48, 48, 96, 3) and clip.audio.shape == (48, 80, 16)
+    r = evaluate(Wav2LipSyncNet().eval(), [clip], "test", 5)
+    assert r["pairs"] > 0 and 0 <= r["accuracy"] <= 1
