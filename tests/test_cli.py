@@ -12,7 +12,7 @@ from talkgs.cli import build_parser, main
 
 COMMANDS = [
     "make-demo", "add-subject", "subjects", "audios", "extract", "segment", "track", "features", "audio-features",
-    "pretrain", "train", "evaluate", "report", "synthesize", "metrics-diff", "params", "repro",
+    "pretrain", "train", "evaluate", "report", "sync-expert", "synthesize", "metrics-diff", "params", "repro",
 ]
 
 

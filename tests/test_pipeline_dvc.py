@@ -49,6 +49,7 @@ def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     params["train"]["preset"] = "tiny"
     params["evaluate"]["fid"] = False
     params["evaluate"]["identity"] = {"max_frames": 8, "reference_frames": 4}  # dlib: ~0.1 s per descriptor
+    params["sync_expert"] = {**params["sync_expert"], "steps": 20, "batch_size": 8, "width": 8}  # the stage runs, briefly
     # few-shot sweep: 2 s trains (the 4 s clip's training split is 3.6 s), 10 s is unavailable
     params["evaluate"]["few_shot"] = {"subjects": ["demo"], "variants": ["gaussiantalker"], "seconds": [2, 10]}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -65,6 +66,7 @@ def test_dvc_repro_runs_every_stage_then_nothing(pipeline_repo: Path):
         "make_demo", "extract@demo", "segment@demo", "track@demo", "features@demo", "audio_features@demo_speech2",
         "train@demo-static", "train@demo-gaussiantalker", "evaluate@demo-gaussiantalker", "ground_truth@demo", "report",
         "train_fewshot@demo-gaussiantalker-2", "evaluate_fewshot@demo-gaussiantalker-10", "pretrain@gaussiantalker",
+        "sync_expert",
     ):
         assert f"Running stage '{stage}'" in out, out
     # no pretrain.subjects: the pretrain stage says so (train@S-V depends on it alike)
@@ -82,6 +84,9 @@ def test_dvc_repro_runs_every_stage_then_nothing(pipeline_repo: Path):
     assert (renders / "comparison.mp4").is_file() and (renders / "cross_demo_speech2.mp4").is_file()
     curves = (pipeline_repo / "plots/train/demo/gaussiantalker.csv").read_text().splitlines()
     assert curves[0].startswith("step,") and len(curves) >= 3, "training curves as a DVC plot"
+    sync = json.loads((pipeline_repo / "metrics/sync_expert.json").read_text())
+    assert sync["chance"] == 0.5 and sync["pairs"] > 0 and sync["steps"] == 20 and not sync["held_out_subjects"]
+    assert (pipeline_repo / "models/sync_expert/checkpoint.pt").is_file()
     table = (pipeline_repo / "metrics/tables/self_driven.md").read_text()
     assert "gaussiantalker" in table and "static" in table
 

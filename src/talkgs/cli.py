@@ -141,6 +141,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sync_expert(args: argparse.Namespace) -> int:
+    from talkgs import pipeline
+
+    m = pipeline.sync_expert(_params(args), args.root, progress=not args.quiet)
+    print(f"sync expert: accuracy {m['accuracy']} (pairwise {m['pairwise_accuracy']}, chance {m['chance']}); {m['protocol']}")
+    return 0
+
+
 def cmd_synthesize(args: argparse.Namespace) -> int:
     from talkgs import paths
     from talkgs.configlib import PIXELS
@@ -284,6 +292,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("report", help="stage report: paper-style tables in metrics/tables/ from all metrics files")
     s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("sync-expert", help="stage sync_expert: train the audio-visual sync expert into models/sync_expert/",
+                       description="Run stage sync_expert outside DVC (prefer `dvc repro sync_expert`): train the "
+                       "audio-window <-> mouth-crop sync expert on the training splits of sync_expert.subjects (or load "
+                       "sync_expert.weights), write models/sync_expert/ and its held-out sync accuracy to "
+                       "metrics/sync_expert.json. Resumes a killed run.")  # fmt: skip
+    s.set_defaults(func=cmd_sync_expert)
 
     s = sub.add_parser("synthesize", help="drive a trained head with any audio into an mp4 (H.264 + AAC)",
                        description="Render the trained (subject, variant) driven by AUDIO: head poses and blinks "

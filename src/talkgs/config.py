@@ -31,6 +31,7 @@ from talkgs.features.build import FeaturesParams
 from talkgs.preprocess.extract import ExtractParams
 from talkgs.preprocess.segment import SegmentParams
 from talkgs.preprocess.track import TrackParams
+from talkgs.sync.train import SyncExpertParams
 from talkgs.train.params import TrainParams
 
 __all__ = [
@@ -143,6 +144,8 @@ class Params:
     features: FeaturesParams = field(default_factory=FeaturesParams)
     train: TrainParams = field(default_factory=TrainParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    sync_expert: SyncExpertParams = field(default_factory=SyncExpertParams)
+    """The audio-visual sync expert (stage ``sync_expert``, :mod:`talkgs.sync`)."""
 
     def subject(self, name: str) -> SubjectParams:
         if name not in self.subjects:
@@ -172,7 +175,7 @@ class Params:
         return dataclasses.replace(self.extract, resolution=s.resolution)
 
 
-RESERVED_NAMES = {"raw", "audio", "pretrain"}  # folders of data/ and models/ that are not subjects
+RESERVED_NAMES = {"raw", "audio", "pretrain", "sync_expert"}  # folders of data/ and models/ that are not subjects
 
 
 def validate(params: Params, source: str) -> Params:

@@ -11,13 +11,16 @@ data/audio/<audio>/               audio_<enc>.parquet of a foreign audio   (stag
 models/<subject>/<variant>/       checkpoint.pt, config.yaml, curves.csv   (stage train)
 models/<subject>/<variant>@fewshot<sec>/  the same, trained on the first <sec> s  (stage train_fewshot)
 models/pretrain/<variant>/        the cross-subject model (or none.json)   (stage pretrain)
+models/sync_expert/               checkpoint.pt, config.yaml, metrics.json (stage sync_expert)
 plots/train/<subject>/<variant>.csv  the training curves as a DVC plot      (stage train)
 renders/<subject>/<variant>/      test/, comparison.mp4, cross_<audio>.mp4 (stage evaluate)
 renders/<subject>/<variant>@fewshot<sec>/  test/, comparison.mp4            (stage evaluate_fewshot)
 metrics/subjects/<subject>/       <variant>.json, ground_truth.json        (stages evaluate, ground_truth)
                                   <variant>@fewshot<sec>.json              (stage evaluate_fewshot)
+metrics/sync_expert.json          the sync expert's held-out sync accuracy (stage sync_expert)
 metrics/tables/                   self_driven, cross_driven, few_shot .md/.csv (stage report)
-metrics/timings/<stage>/...json   wall-clock times of track, features, train, pretrain (cache: false;
+metrics/timings/<stage>/...json   wall-clock times of track, features, train, pretrain (and
+                                  sync_expert.json of stage sync_expert) (cache: false;
                                   never in the outputs above, so a rerun gives the same bytes)
 ```
 """
@@ -32,6 +35,9 @@ DEMO_SPEECH2 = RAW / "demo_speech2.wav"
 METRICS_RUNS = Path("metrics/subjects")
 TABLES = Path("metrics/tables")
 TIMINGS = Path("metrics/timings")
+SYNC_EXPERT = Path("models/sync_expert")
+SYNC_EXPERT_METRICS = Path("metrics/sync_expert.json")
+SYNC_EXPERT_TIMINGS = TIMINGS / "sync_expert.json"
 
 
 def subject_dir(subject: str, root: Path = Path(".")) -> Path:

@@ -294,8 +294,38 @@ def report(params: Params, root: Path, *, progress: bool = True) -> dict:
     return {k: str(v) for k, v in written.items()}
 
 
+def sync_expert(params: Params, root: Path, *, progress: bool = True) -> dict:
+    """Stage ``sync_expert``: the audio-visual sync expert (:mod:`talkgs.sync`) trained on the training
+    splits of ``sync_expert.subjects`` (or loaded from ``sync_expert.weights``) into
+    ``models/sync_expert/``; its held-out sync accuracy into ``metrics/sync_expert.json`` (on the test
+    splits of the enabled ``eval_subjects``; none: of the training subjects, labelled so)."""
+    from talkgs.io.atomic import sweep_temp
+    from talkgs.sync.train import run_sync_expert
+
+    se = params.sync_expert
+    out, metrics, timings = root / paths.SYNC_EXPERT, root / paths.SYNC_EXPERT_METRICS, root / paths.SYNC_EXPERT_TIMINGS
+    sweep_temp(out, metrics, timings)
+    from talkgs.config import ConfigError, closest_hint
+
+    for s in se.subjects:  # checked here, not when params.yaml loads: disabling a subject must not break the file
+        if s not in params.subjects:
+            hint = f" It is in the catalog: run `talkgs subjects enable {s}`." if s in params.catalog else closest_hint(s, list(params.subjects))
+            raise ConfigError(f"sync_expert.subjects names {s!r}, not an enabled subject ({', '.join(sorted(params.subjects))}).{hint}")
+    for s in se.eval_subjects:
+        if s not in params.subjects and s not in params.catalog:
+            raise ConfigError(f"sync_expert.eval_subjects names {s!r}, neither an enabled subject nor in the catalog.{closest_hint(s, [*params.subjects, *params.catalog])}")
+    enabled = [s for s in se.eval_subjects if s in params.subjects]
+    skipped = [s for s in se.eval_subjects if s not in params.subjects]
+    if skipped:
+        log.warning("sync_expert: eval_subjects %s are not enabled (`talkgs subjects enable NAME`): not evaluated", skipped)
+    return run_sync_expert(
+        se, [paths.subject_dir(s, root) for s in se.subjects], [paths.subject_dir(s, root) for s in enabled], out, metrics,
+        weights=_under(root, se.weights) if se.weights else None, skipped_eval=skipped, timings=timings, progress=progress,
+    )  # fmt: skip
+
+
 STAGES = {"make_demo", "extract", "segment", "track", "features", "audio_features", "pretrain", "train", "evaluate",
-          "ground_truth", "report"}  # fmt: skip
+          "ground_truth", "report", "sync_expert"}  # fmt: skip
 
 
 def stage_main(stage: str, argv: list[str] | None = None) -> None:
@@ -320,7 +350,7 @@ def stage_main(stage: str, argv: list[str] | None = None) -> None:
         parser.add_argument("--audio", required=True)
     elif stage == "pretrain":
         parser.add_argument("--variant", required=True)
-    elif stage not in ("make_demo", "report"):
+    elif stage not in ("make_demo", "report", "sync_expert"):
         parser.add_argument("--subject", required=True)
     if stage in ("train", "evaluate"):
         parser.add_argument("--variant", required=True)
@@ -332,7 +362,7 @@ def stage_main(stage: str, argv: list[str] | None = None) -> None:
     interrupt.install_sigterm()
     try:
         params = load_params(args.root / "params.yaml")
-        if stage in ("make_demo", "report"):
+        if stage in ("make_demo", "report", "sync_expert"):
             globals()[stage](params, args.root)
         elif stage in ("train", "evaluate"):
             globals()[stage](params, args.subject, args.variant, args.root, fewshot=args.fewshot)

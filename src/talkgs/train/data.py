@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "SubjectData", "DataError", "FewShotUnavailable", "load_subject", "fewshot_frames", "check_fewshot",
-    "audio_features_for_wav", "frame_order", "pingpong", "audio_sequence", "make_batch", "frame_pool",
+    "audio_features_for_wav", "frame_order", "split_frames", "pingpong", "audio_sequence", "make_batch", "frame_pool",
 ]  # fmt: skip
 
 
@@ -479,6 +479,29 @@ def _load_features(subject_dir: Path, n_frames: int, audio_feature: str) -> tupl
     return frames, audio
 
 
+def split_frames(frames: Any, n_train: int, subject_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(train_idx, test_idx, excluded)`` of a subject's ``frames.parquet`` table (a
+    :class:`~talkgs.features.cache.FramesTable`): the frames of each split where the face mesh found
+    the face, and those where it did not. ``n_train``: the extract's ``meta.json`` split.
+
+    Raises:
+        DataError: the table's split disagrees with ``n_train``, or a split has no detected face.
+    """
+    split_train = int((frames.split == "train").sum())
+    if split_train != n_train:
+        raise DataError(f"{subject_dir}: features split has {split_train} train frames, extract meta says {n_train}; rerun the features stage")
+    detected = np.asarray(frames.detected, bool)
+    excluded = np.nonzero(~detected)[0]
+    train_idx, test_idx = np.nonzero(detected[:n_train])[0], n_train + np.nonzero(detected[n_train:])[0]
+    if len(train_idx) == 0 or len(test_idx) == 0:
+        which = "training" if len(train_idx) == 0 else "test"
+        raise DataError(
+            f"{subject_dir / 'features' / 'frames.parquet'}: the face mesh found the face in no frame of the {which} split; "
+            "look at the track stage's report.png and use a clip where the face is visible"
+        )
+    return train_idx, test_idx, excluded
+
+
 def load_subject(
     subject_dir: str | Path,
     *,
@@ -535,18 +558,7 @@ def load_subject(
         K[:2] *= np.float32(sc)
         landmarks = landmarks * sc
         plate = cv2.resize(plate, (to, to), interpolation=cv2.INTER_AREA if sc < 1 else cv2.INTER_LINEAR)
-    split_train = int((frames.split == "train").sum())
-    if split_train != n_train:
-        raise DataError(f"{subject_dir}: features split has {split_train} train frames, extract meta says {n_train}; rerun the features stage")
-    detected = np.asarray(frames.detected, bool)
-    excluded = np.nonzero(~detected)[0]
-    train_idx, test_idx = np.nonzero(detected[:n_train])[0], n_train + np.nonzero(detected[n_train:])[0]
-    if len(train_idx) == 0 or len(test_idx) == 0:
-        which = "training" if len(train_idx) == 0 else "test"
-        raise DataError(
-            f"{subject_dir / 'features' / 'frames.parquet'}: the face mesh found the face in no frame of the {which} split; "
-            "look at the track stage's report.png and use a clip where the face is visible"
-        )
+    train_idx, test_idx, excluded = split_frames(frames, n_train, subject_dir)
     if len(excluded):
         log.info(
             "%s: %d frame(s) without a detected face left out of training (%d) and evaluation (%d): %s%s",
