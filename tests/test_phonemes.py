@@ -111,3 +111,21 @@ def test_visemes_and_concat(obama: np.ndarray) -> None:
     np.testing.assert_array_equal(both, np.concatenate([mel, phon], axis=2))
     enc = A.get_encoder(both_p)
     assert enc.dim == 120 and [d["encoder"] for d in enc.describe()["parts"]] == ["mel", "phonemes"]
+
+
+def test_missing_model_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from talkgs.pretrained import PretrainedMissing
+
+    missing = tmp_path / "no-such-hmm"
+    monkeypatch.setenv("TALKGS_SPHINX_HMM", str(missing))
+    with pytest.raises(PretrainedMissing, match=f"{missing}: pocketsphinx en-us acoustic model not found.*TALKGS_SPHINX_HMM"):
+        A.get_encoder(A.AudioEncoderParams(name="phonemes"))
+    # `make setup` runs this check: exit 2 with the message
+    proc = subprocess.run([sys.executable, "-m", "talkgs.pretrained"], capture_output=True, text=True)
+    assert proc.returncode == 2 and str(missing) in proc.stderr
+    monkeypatch.delenv("TALKGS_SPHINX_HMM")
+    proc = subprocess.run([sys.executable, "-m", "talkgs.pretrained"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "shape_predictor_68_face_landmarks.dat" in proc.stdout
