@@ -105,6 +105,8 @@ class PlannedStage:
     name: str
     upstream: tuple[str, ...]
     outs: tuple[str, ...]  # paths relative to the repository root (outs, metrics, plots)
+    needs: tuple[str, ...] = ()  # direct upstream stages in the whole dvc.yaml, planned or not
+    uncached: tuple[str, ...] = ()  # the ``cache: false`` outs (not in a DVC remote)
 
 
 def plan_stages(root: Path, subjects: list[str] | None = None, stages: list[str] | None = None) -> list[PlannedStage]:
@@ -147,7 +149,9 @@ def plan_stages(root: Path, subjects: list[str] | None = None, stages: list[str]
         for s in order:
             outs = tuple(sorted(os.path.relpath(o.fs_path, root) for o in s.outs))
             up = tuple(sorted(name_of[d] for d in sub.successors(s)))
-            plan.append(PlannedStage(name_of[s], up, outs))
+            needs = tuple(sorted(name_of[d] for d in graph.successors(s)))
+            uncached = tuple(sorted(os.path.relpath(o.fs_path, root) for o in s.outs if not o.use_cache))
+            plan.append(PlannedStage(name_of[s], up, outs, needs, uncached))
         return plan
 
 
@@ -609,14 +613,113 @@ class ReproResult:
     flow_run_name: str | None = None
 
 
-def _build_flow(sink: dict[str, Any]) -> Any:
+LOCAL_STAGE_KINDS = ("make_demo", "report")
+"""Stages a fan-out run keeps in the parent's workspace: cheap, and ``report`` reads every
+subject's metrics (the kind is the part of the name before ``@``)."""
+
+
+@dataclass
+class FanOut:
+    """A fan-out run's settings and the parent's bookkeeping (see :mod:`talkgs.fanout`)."""
+
+    pool: str
+    repo: str  # what workers `git clone` / `git fetch` (a path on one machine, a URL across machines)
+    rev: str  # the commit workers check out
+    local_kinds: tuple[str, ...] = LOCAL_STAGE_KINDS
+    uncached: dict[str, tuple[str, ...]] = field(default_factory=dict)  # stage -> cache: false outs
+    pushed: set[str] = field(default_factory=set)  # stages whose cached outs are in the DVC remote
+    poll_s: float = 2.0
+
+    def is_local(self, stage: str) -> bool:
+        return stage.split("@", 1)[0] in self.local_kinds
+
+
+def fanout_preflight(root: Path, pool: str, repo: str | None, plan: list[PlannedStage],
+                     local_kinds: tuple[str, ...] = LOCAL_STAGE_KINDS) -> FanOut:  # fmt: skip
+    """Check what a fan-out run needs (a Prefect server, a commit, no uncommitted changes workers
+    would not see, a default DVC remote) and return its :class:`FanOut`."""
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        raise StageFailed(
+            "fan-out (--pool) needs a Prefect server that the workers reach too: set PREFECT_API_URL "
+            "(e.g. `make ui`, then PREFECT_API_URL=http://127.0.0.1:4200/api)"
+        )
+    rev = _git(root, "rev-parse", "HEAD")
+    if not rev:
+        raise StageFailed(f"fan-out runs a git commit on the workers, and {root} has none: commit first")
+    everything = plan_stages(root)
+    outs = [o for s in everything for o in s.outs]
+    changed = [line[3:].strip() for line in (_git(root, "status", "--porcelain", "--untracked-files=no") or "").splitlines()]
+    unseen = [c for c in changed if c != "dvc.lock" and not any(c == o or c.startswith(o.rstrip("/") + "/") for o in outs)]
+    if unseen:
+        raise StageFailed(
+            f"fan-out runs commit {rev[:10]} on the workers, which would not see the uncommitted changes to "
+            f"{', '.join(unseen[:8])}{' …' if len(unseen) > 8 else ''}: commit them first (dvc.lock and stage outputs may differ)"
+        )
+    remote = _git(root, "config", "--file", ".dvc/config", "core.remote")
+    if not remote:
+        r = subprocess.run([sys.executable, "-m", "dvc", "remote", "default"], cwd=root, env=_subprocess_env(),
+                           capture_output=True, text=True)  # fmt: skip
+        remote = r.stdout.strip() if r.returncode == 0 else ""
+    if not remote:
+        raise StageFailed(
+            "fan-out shares stage outputs through a DVC remote and there is no default one: "
+            "`dvc remote add -d NAME URL` (a directory, s3://bucket/path, ...) and commit .dvc/config"
+        )
+    return FanOut(pool=pool, repo=repo or str(root), rev=rev, local_kinds=tuple(local_kinds),
+                  uncached={s.name: s.uncached for s in everything})  # fmt: skip
+
+
+def _remote_stage(stage: str, root: Path, spec: dict[str, Any], fan: FanOut, ws_lock: threading.Lock,
+                  run_tags: list[str], logger: Any) -> str:  # fmt: skip
+    """One stage on the work pool: send it (with what it needs) to a worker, take its outputs back."""
+    from prefect.deployments import run_deployment
+
+    from talkgs import fanout
+
+    with ws_lock:
+        why = dvc_status(root, [stage])[stage]
+        if not why:
+            return "skipped"
+        missing = [n for n in spec["needs"] if n not in fan.pushed]
+        if missing:  # outputs made (or found up to date) here, which the worker pulls
+            logger.info("dvc push %s", " ".join(missing))
+            fanout.dvc(root, "push", "--quiet", *missing)
+            fan.pushed.update(missing)
+        lock = (root / "dvc.lock").read_text() if (root / "dvc.lock").is_file() else ""
+        files = fanout.read_files(root, [u for n in spec["needs"] for u in fan.uncached.get(n, ())])
+    logger.info("stage %s (%s): sent to work pool %s", stage, why, fan.pool)
+    fr = run_deployment(
+        fanout.DEPLOYMENT, flow_run_name=stage, timeout=None, poll_interval=fan.poll_s,
+        tags=[*run_tags, *stage_tags(stage)],
+        parameters={"stage": stage, "repo": fan.repo, "rev": fan.rev, "lock": lock, "pull": list(spec["needs"]),
+                    "files": files, "protocol": fanout.PROTOCOL},
+    )  # fmt: skip
+    if not fr.state.is_completed():
+        raise StageFailed(f"stage {stage} failed on work pool {fan.pool} (flow run {fr.name}, {fr.state.name}): {fr.state.message}")
+    res = fanout.decode_result(fr)
+    logger.info("stage %s: %s on %s (%s)", stage, res["status"], res["host"], res["workspace"])
+    with ws_lock:
+        fanout.write_files(root, res["files"])
+        fanout.merge_lock_entry(root, stage, res["lock"])
+        if set(spec["outs"]) - set(spec["uncached"]):
+            fanout.dvc(root, "pull", "--quiet", stage)  # its cached outs, from the remote
+        fan.pushed.add(stage)
+    return res["status"]
+
+
+def _build_flow(sink: dict[str, Any], fan: FanOut | None = None, run_tags: list[str] | None = None) -> Any:
     """Define the Prefect task and flow (import of prefect deferred: it is slow). The flow writes
-    its stage outcomes into ``sink`` (they survive a failed run)."""
+    its stage outcomes into ``sink`` (they survive a failed run). With ``fan``, the stages not
+    kept local run on its work pool, as many at once as its workers take."""
     from prefect import flow, get_run_logger, tags, task
     from prefect.cache_policies import NO_CACHE
     from prefect.runtime import flow_run
     from prefect.states import Completed
     from prefect.task_runners import ThreadPoolTaskRunner
+
+    ws_lock = threading.Lock()  # one DVC command at a time in this workspace (DVC's repository lock)
 
     def retry_on_io(task: Any, task_run: Any, state: Any) -> bool:
         try:
@@ -631,10 +734,14 @@ def _build_flow(sink: dict[str, Any]) -> Any:
         name="dvc-stage", task_run_name="{stage}", retries=2, retry_delay_seconds=10,
         retry_condition_fn=retry_on_io, cache_policy=NO_CACHE, persist_result=False,
     )  # fmt: skip
-    def dvc_stage(stage: str, root: str, outs: list[str]) -> Any:
+    def dvc_stage(stage: str, root: str, spec: dict[str, Any]) -> Any:
         logger = get_run_logger()
-        status = _run_dvc_stage(stage, Path(root), lambda level, msg: logger.log(level, "%s", msg))
-        published, _ = publish_artifacts(stage_artifacts(Path(root), outs), logger)
+        if fan is not None and not fan.is_local(stage):
+            status = _remote_stage(stage, Path(root), spec, fan, ws_lock, run_tags or [], logger)
+        else:
+            with ws_lock:
+                status = _run_dvc_stage(stage, Path(root), lambda level, msg: logger.log(level, "%s", msg))
+        published, _ = publish_artifacts(stage_artifacts(Path(root), spec["outs"]), logger)
         sink.setdefault("artifacts", []).extend(published)
         if status == "ran":
             logger.info("stage %s: ran", stage)
@@ -648,13 +755,16 @@ def _build_flow(sink: dict[str, Any]) -> Any:
         logger = get_run_logger()
         sink["flow_run_id"], sink["flow_run_name"] = str(flow_run.id), flow_run.name
         logger.info("%d stage(s) in order: %s", len(plan), ", ".join(s["name"] for s in plan))
+        if fan is not None:
+            remote = [s["name"] for s in plan if not fan.is_local(s["name"])]
+            logger.info("fan-out to work pool %s at %s: %d stage(s) on workers, the others here", fan.pool, fan.rev[:10], len(remote))
         futures: dict[str, Any] = {}
-        # submitted in dependency order to one worker thread: serial (DVC's repository lock),
-        # each waiting for its dvc.yaml dependencies (the edges of the flow run graph)
+        # submitted in dependency order, each waiting for its dvc.yaml dependencies (the edges of
+        # the flow run graph); serially (one thread) or, fanning out, side by side
         for s in plan:
-            with tags(*stage_tags(s["name"])):
+            with tags(*stage_tags(s["name"]), *([f"pool:{fan.pool}"] if fan and not fan.is_local(s["name"]) else [])):
                 futures[s["name"]] = dvc_stage.submit(
-                    s["name"], root, s["outs"], wait_for=[futures[u] for u in s["upstream"] if u in futures]
+                    s["name"], root, s, wait_for=[futures[u] for u in s["upstream"] if u in futures]
                 )
         outcome: dict[str, str] = {}
         failed: list[str] = []
@@ -675,14 +785,22 @@ def _build_flow(sink: dict[str, Any]) -> Any:
             raise StageFailed("; ".join(failed) + more)
         return outcome
 
+    if fan is not None:
+        # a thread per stage at most: threads only wait on workers, the pool sets the parallelism
+        return reproduce_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=max(1, min(64, sink["n_stages"]))))
     return reproduce_flow
 
 
 def reproduce(
-    root: Path = Path("."), subjects: list[str] | None = None, stages: list[str] | None = None, dry_run: bool = False
-) -> ReproResult:
+    root: Path = Path("."), subjects: list[str] | None = None, stages: list[str] | None = None, dry_run: bool = False,
+    pool: str | None = None, repo: str | None = None, local_kinds: tuple[str, ...] = LOCAL_STAGE_KINDS,
+) -> ReproResult:  # fmt: skip
     """Run the DVC stages (all, or those of ``subjects`` + ``report``, or exactly ``stages``) as a
-    Prefect flow; with ``dry_run``, print what ``dvc status`` says would run, run nothing."""
+    Prefect flow; with ``dry_run``, print what ``dvc status`` says would run, run nothing.
+
+    With ``pool`` (a Prefect work pool), the stages not in ``local_kinds`` run on its workers,
+    independent ones side by side, sharing outputs through the default DVC remote; workers
+    clone ``repo`` (default: ``root``) at HEAD. See :mod:`talkgs.fanout`."""
     root = Path(root).resolve()
     prefect_env(root)
     plan = plan_stages(root, subjects, stages)
@@ -697,10 +815,18 @@ def reproduce(
     from prefect import tags
 
     name, run_tags = run_identity(root, subjects, stages)
-    sink: dict[str, Any] = {}
-    flow = _build_flow(sink).with_options(flow_run_name=name)
-    payload = [{"name": s.name, "upstream": list(s.upstream), "outs": list(s.outs)} for s in plan]
+    sink: dict[str, Any] = {"n_stages": len(plan)}
+    payload = [{"name": s.name, "upstream": list(s.upstream), "outs": list(s.outs), "needs": list(s.needs),
+                "uncached": list(s.uncached)} for s in plan]  # fmt: skip
     try:
+        fan = None
+        if pool:
+            from talkgs import fanout
+
+            fan = fanout_preflight(root, pool, repo, plan, local_kinds)
+            fanout.ensure_deployment(pool)
+            run_tags = [*run_tags, f"pool:{pool}"]
+        flow = _build_flow(sink, fan, run_tags).with_options(flow_run_name=name)
         with tags(*run_tags):
             flow(str(root), payload)
     except (StageFailed, OSError) as e:
