@@ -36,6 +36,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -72,8 +73,31 @@ def run_cmd(cmd: list[str], cwd: Path, what: str, env: dict[str, str] | None = N
     return r.stdout
 
 
-def dvc(root: Path, *args: str) -> str:
-    return run_cmd([sys.executable, "-m", "dvc", *args], Path(root), f"`dvc {args[0]}`")
+def _stage_target(root: Path, stage: str) -> str:
+    """``<root>/dvc.yaml:<stage>``: DVC's Python API resolves a bare name against the process's cwd."""
+    return f"{Path(root).resolve() / 'dvc.yaml'}:{stage}"
+
+
+def dvc_op(root: Path, op: str, stages: list[str]) -> None:
+    """``dvc pull|push <stages>`` in this process (DVC's Python API: no CLI start-up per call)."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    try:
+        with Repo(str(root)) as repo:
+            getattr(repo, op)(targets=[_stage_target(root, s) for s in stages])
+    except DvcException as e:
+        raise WorkspaceError(f"`dvc {op} {' '.join(stages)}` failed in {root}: {e}") from e
+
+
+def stage_changes(root: Path, stage: str) -> str:
+    """What ``dvc status <stage>`` says (``""``: up to date), in this process."""
+    from dvc.repo import Repo
+
+    from talkgs.orchestrate import format_status
+
+    with Repo(str(root)) as repo:
+        return format_status(repo.status(targets=[_stage_target(root, stage)]), [stage])[stage]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -195,15 +219,19 @@ def run_stage_in_workspace(
     else:
         (ws / "dvc.lock").unlink(missing_ok=True)
     write_files(ws, files)
+    t = time.monotonic()
     if pull:
-        emit(logging.INFO, f"dvc pull {' '.join(pull)}")
-        dvc(ws, "pull", "--quiet", *pull)
+        dvc_op(ws, "pull", pull)
+        emit(logging.INFO, f"dvc pull {' '.join(pull)}: {time.monotonic() - t:.1f} s")
     src = ws / "src"
     if (src / "talkgs").is_dir():  # the stage code of this commit, not the worker's installed copy
         os.environ["PYTHONPATH"] = str(src) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    t = time.monotonic()
     status = _run_dvc_stage(stage, ws, emit)
-    emit(logging.INFO, f"dvc push {stage}")
-    dvc(ws, "push", "--quiet", stage)
+    emit(logging.INFO, f"dvc repro --single-item {stage}: {status}, {time.monotonic() - t:.1f} s")
+    t = time.monotonic()
+    dvc_op(ws, "push", [stage])
+    emit(logging.INFO, f"dvc push {stage}: {time.monotonic() - t:.1f} s")
     return {
         "protocol": PROTOCOL,
         "status": status,
@@ -227,8 +255,10 @@ def stage_flow(
         )
     logger = get_run_logger()
     with workspace_slot(repo) as ws:
-        logger.info("stage %s in workspace %s (host %s), %s at %s", stage, ws, socket.gethostname(), repo, rev[:10])
+        t = time.monotonic()
         prepare_workspace(ws, repo, rev)
+        logger.info("stage %s in workspace %s (host %s): %s at %s, %.1f s", stage, ws, socket.gethostname(), repo,
+                    rev[:10], time.monotonic() - t)  # fmt: skip
         return run_stage_in_workspace(ws, stage, lock, pull or [], files or {}, lambda lv, m: logger.log(lv, "%s", m))
 
 

@@ -164,14 +164,18 @@ def dvc_status(root: Path, names: list[str]) -> dict[str, str]:
     """What ``dvc status`` says of each stage now: ``""`` when up to date, else what changed
     (``changed deps: src.txt (modified)``). A stage downstream of a changed one may still show up to date:
     DVC only knows after the upstream stage ran (see :func:`dry_run_plan`)."""
-    out = {n: "" for n in names}
     if not names:
-        return out
+        return {}
     cmd = [sys.executable, "-m", "dvc", "status", "--json", *names]
     r = subprocess.run(cmd, cwd=root, env=_subprocess_env(), capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"`dvc status` failed in {root} (exit {r.returncode}): {r.stderr.strip() or r.stdout.strip()}")
-    raw = json.loads(r.stdout or "{}")
+    return format_status(json.loads(r.stdout or "{}"), names)
+
+
+def format_status(raw: dict[str, Any], names: list[str]) -> dict[str, str]:
+    """``{stage: what changed | ""}`` from ``dvc status --json`` output (or ``Repo.status()``)."""
+    out = {n: "" for n in names}
     for key, changes in raw.items():
         name = key.split(":", 1)[-1]  # "dvc.yaml:count@a" or "count@a"
         parts = []
@@ -628,7 +632,7 @@ class FanOut:
     local_kinds: tuple[str, ...] = LOCAL_STAGE_KINDS
     uncached: dict[str, tuple[str, ...]] = field(default_factory=dict)  # stage -> cache: false outs
     pushed: set[str] = field(default_factory=set)  # stages whose cached outs are in the DVC remote
-    poll_s: float = 2.0
+    poll_s: float = 1.0
 
     def is_local(self, stage: str) -> bool:
         return stage.split("@", 1)[0] in self.local_kinds
@@ -679,13 +683,13 @@ def _remote_stage(stage: str, root: Path, spec: dict[str, Any], fan: FanOut, ws_
     from talkgs import fanout
 
     with ws_lock:
-        why = dvc_status(root, [stage])[stage]
+        why = fanout.stage_changes(root, stage)
         if not why:
             return "skipped"
         missing = [n for n in spec["needs"] if n not in fan.pushed]
         if missing:  # outputs made (or found up to date) here, which the worker pulls
             logger.info("dvc push %s", " ".join(missing))
-            fanout.dvc(root, "push", "--quiet", *missing)
+            fanout.dvc_op(root, "push", missing)
             fan.pushed.update(missing)
         lock = (root / "dvc.lock").read_text() if (root / "dvc.lock").is_file() else ""
         files = fanout.read_files(root, [u for n in spec["needs"] for u in fan.uncached.get(n, ())])
@@ -704,7 +708,7 @@ def _remote_stage(stage: str, root: Path, spec: dict[str, Any], fan: FanOut, ws_
         fanout.write_files(root, res["files"])
         fanout.merge_lock_entry(root, stage, res["lock"])
         if set(spec["outs"]) - set(spec["uncached"]):
-            fanout.dvc(root, "pull", "--quiet", stage)  # its cached outs, from the remote
+            fanout.dvc_op(root, "pull", [stage])  # its cached outs, from the remote
         fan.pushed.add(stage)
     return res["status"]
 
