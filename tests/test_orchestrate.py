@@ -487,17 +487,27 @@ def prefect_pool(tmp_path: Path):
             time.sleep(1)
         with temporary_settings(updates={PREFECT_API_URL: url, PREFECT_HOME: str(home),
                                          PREFECT_LOCAL_STORAGE_PATH: str(home / "storage")}):  # fmt: skip
-            yield pool, spaces
+            try:
+                yield pool, spaces
+            finally:  # send this process's queued logs and events while the server is up (else the
+                # log and event workers retry a dead server for a minute at exit)
+                from prefect.events.worker import EventsWorker
+                from prefect.logging.handlers import APILogWorker
+
+                APILogWorker.drain_all(timeout=15)
+                EventsWorker.drain_all(timeout=15)
     finally:
+        t_stop = time.monotonic()
         for p in reversed(procs):  # workers first, then the server; each its own process group
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGINT)
         for p in reversed(procs):
             try:
-                p.wait(timeout=20)
+                p.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait(timeout=10)
+        print(f"stopped the Prefect server and workers in {time.monotonic() - t_stop:.1f} s")
 
 
 @pytest.mark.slow

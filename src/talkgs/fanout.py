@@ -35,7 +35,6 @@ import logging
 import os
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -43,7 +42,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from talkgs.orchestrate import StageFailed
+from talkgs.dvcrun import StageFailed, _run_dvc_stage, _subprocess_env, format_status
 
 PROTOCOL = 1
 """Version of the parameters / result exchanged between the parent flow and a worker's flow run."""
@@ -58,15 +57,9 @@ class WorkspaceError(StageFailed):
     """A worker could not prepare its workspace (clone, checkout, pull)."""
 
 
-def _env() -> dict[str, str]:
-    from talkgs.orchestrate import _subprocess_env
-
-    return _subprocess_env()
-
-
 def run_cmd(cmd: list[str], cwd: Path, what: str, env: dict[str, str] | None = None) -> str:
     """Run a command; on failure raise :class:`WorkspaceError` naming ``what`` with its stderr."""
-    r = subprocess.run(cmd, cwd=cwd, env=env or _env(), capture_output=True, text=True, errors="replace")
+    r = subprocess.run(cmd, cwd=cwd, env=env or _subprocess_env(), capture_output=True, text=True, errors="replace")
     if r.returncode != 0:
         msg = (r.stderr.strip() or r.stdout.strip() or "(no output)").splitlines()[-5:]
         raise WorkspaceError(f"{what} failed in {cwd} (`{' '.join(cmd[-4:])}` exit {r.returncode}): " + " | ".join(msg))
@@ -74,7 +67,10 @@ def run_cmd(cmd: list[str], cwd: Path, what: str, env: dict[str, str] | None = N
 
 
 def _stage_target(root: Path, stage: str) -> str:
-    """``<root>/dvc.yaml:<stage>``: DVC's Python API resolves a bare name against the process's cwd."""
+    """``<root>/dvc.yaml:<stage>`` (``<root>/<path>.dvc`` for a ``dvc add``-ed file): DVC's
+    Python API resolves a bare name against the process's cwd."""
+    if stage.endswith(".dvc"):
+        return str(Path(root).resolve() / stage)
     return f"{Path(root).resolve() / 'dvc.yaml'}:{stage}"
 
 
@@ -93,8 +89,6 @@ def dvc_op(root: Path, op: str, stages: list[str]) -> None:
 def stage_changes(root: Path, stage: str) -> str:
     """What ``dvc status <stage>`` says (``""``: up to date), in this process."""
     from dvc.repo import Repo
-
-    from talkgs.orchestrate import format_status
 
     with Repo(str(root)) as repo:
         return format_status(repo.status(targets=[_stage_target(root, stage)]), [stage])[stage]
@@ -212,8 +206,6 @@ def run_stage_in_workspace(
     ws: Path, stage: str, lock: str, pull: list[str], files: dict[str, str], emit: Callable[[int, str], None]
 ) -> dict[str, Any]:
     """Steps 2-4 of the module docstring in a prepared workspace; returns the result dict."""
-    from talkgs.orchestrate import _run_dvc_stage
-
     if lock:
         (ws / "dvc.lock").write_text(lock)
     else:
