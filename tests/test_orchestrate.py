@@ -323,10 +323,11 @@ def test_artifact_keys_are_stable(tmp_path: Path):
 LOCAL = ("prep", "report")
 """Stages the fan-out test keeps in the parent: prep's outputs reach the workers through the remote."""
 
-SWEEP_SLEEP_S = 15.0
+SWEEP_SLEEP_S = 25.0
 """How long each toy training sleeps: long enough that two at once beat a worker's per-stage
-overhead (measured on 2 busy cores: ~8 s for the process worker to start the flow-run process,
-~2 s of dvc pull / push; 8 s trainings tied with the serial run)."""
+overhead (measured on 2 cores shared with a training job: 8-14 s for the process worker to start
+the flow-run process, 1-3 s of dvc pull / push; with 8 s and 15 s trainings the two runs were
+within a few seconds of each other, either way)."""
 
 
 def _sweep_repo(root: Path, remote: Path) -> None:
@@ -558,3 +559,23 @@ def test_sweep_fans_out_to_two_workers_same_lock_faster(tmp_path: Path, prefect_
     again = reproduce(fan_root, pool=pool, local_kinds=LOCAL)
     assert again.ok and set(again.stages.values()) == {"skipped"}, again.stages
     assert {r["state"]["name"] for r in _task_runs(again.flow_run_id).values()} == {"Cached"}
+
+
+def test_fanout_preflight_refuses_what_workers_would_not_see(tmp_path: Path):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from talkgs.orchestrate import StageFailed, fanout_preflight
+
+    root = tmp_path / "repo"
+    _sweep_repo(root, tmp_path / "remote")
+    plan = plan_stages(root)
+    with temporary_settings(updates={PREFECT_API_URL: None}):
+        with pytest.raises(StageFailed, match="needs a Prefect server"):
+            fanout_preflight(root, "p", None, plan)
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        fan = fanout_preflight(root, "p", None, plan)
+        assert fan.repo == str(root) and len(fan.rev) == 40 and fan.uncached["prep@a"] == ("metrics/prep/a.json",)
+        assert fan.is_local("report") and fan.is_local("data/raw/x.mp4.dvc") and not fan.is_local("train@a-v1")
+        (root / "train.py").write_text("changed = True\n")
+        with pytest.raises(StageFailed, match="uncommitted changes to train.py"):
+            fanout_preflight(root, "p", None, plan)

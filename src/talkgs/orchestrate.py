@@ -21,6 +21,11 @@ retries for I/O errors, and artifacts for the metrics, tables, renders and curve
 - the flow run is named and tagged after what it runs (:func:`run_identity`): subjects,
   variants, git revision, params.yaml hash.
 
+With a work pool (``reproduce(pool=...)``, ``talkgs repro --pool P``) the stages not kept local
+(:data:`LOCAL_STAGE_KINDS`) run on the pool's Prefect workers instead, independent ones side by
+side, each in the worker's own workspace, sharing outputs through the default DVC remote; the
+parent merges their ``dvc.lock`` entries and pulls their outputs (:mod:`talkgs.fanout`).
+
 ``flows/reproduce.py`` and ``talkgs repro`` are thin wrappers over :func:`reproduce`.
 """
 
