@@ -472,8 +472,7 @@ class FanOut:
         return stage.endswith(".dvc") or stage.split("@", 1)[0] in self.local_kinds
 
 
-def fanout_preflight(root: Path, pool: str, repo: str | None, plan: list[PlannedStage],
-                     local_kinds: tuple[str, ...] = LOCAL_STAGE_KINDS) -> FanOut:  # fmt: skip
+def fanout_preflight(root: Path, pool: str, repo: str | None, local_kinds: tuple[str, ...] = LOCAL_STAGE_KINDS) -> FanOut:
     """Check what a fan-out run needs (a Prefect server, a commit, no uncommitted changes workers
     would not see, a default DVC remote) and return its :class:`FanOut`."""
     from prefect.settings import PREFECT_API_URL
@@ -488,7 +487,9 @@ def fanout_preflight(root: Path, pool: str, repo: str | None, plan: list[Planned
         raise StageFailed(f"fan-out runs a git commit on the workers, and {root} has none: commit first")
     everything = plan_stages(root)
     outs = [o for s in everything for o in s.outs]
-    changed = [line[3:].strip() for line in (_git(root, "status", "--porcelain", "--untracked-files=no") or "").splitlines()]
+    # -z: one "XY path" entry per NUL, leading status blanks kept (renames add the old path as an entry)
+    st = subprocess.run(["git", "status", "--porcelain", "-z", "--untracked-files=no"], cwd=root, capture_output=True, text=True)
+    changed = [e[3:] if len(e) > 3 and e[2] == " " else e for e in st.stdout.split("\0") if e]
     unseen = [c for c in changed if c != "dvc.lock" and not any(c == o or c.startswith(o.rstrip("/") + "/") for o in outs)]
     if unseen:
         raise StageFailed(
@@ -661,7 +662,7 @@ def reproduce(
         if pool:
             from talkgs import fanout
 
-            fan = fanout_preflight(root, pool, repo, plan, local_kinds)
+            fan = fanout_preflight(root, pool, repo, local_kinds)
             fanout.ensure_deployment(pool)
             run_tags = [*run_tags, f"pool:{pool}"]
         flow = _build_flow(sink, fan, run_tags).with_options(flow_run_name=name)
