@@ -23,8 +23,10 @@ export HF_HUB_OFFLINE := 1
 export OMP_WAIT_POLICY := PASSIVE
 export PYTHONUNBUFFERED := 1
 UI_PORT ?= 4200
+POOL ?= talkgs
+WORKERS ?= 2
 
-.PHONY: help setup demo test ci-tier ui repro dag clean-venv
+.PHONY: help setup demo test ci-tier ui repro pool dag clean-venv
 
 help:
 	@echo "make setup   create .venv and install talkgs (idempotent)"
@@ -33,6 +35,8 @@ help:
 	@echo "make ci-tier the demo pipeline + metrics diff vs HEAD (what CI runs after the tests)"
 	@echo "make ui      start a local Prefect server on 127.0.0.1:$(UI_PORT)"
 	@echo "make repro   run the pipeline as a Prefect flow (SUBJECT=name for one subject)"
+	@echo "make repro POOL=talkgs  fan the stages out to the workers of Prefect work pool talkgs"
+	@echo "make pool    create work pool \$$(POOL) (process) and start WORKERS=2 local workers on it"
 	@echo "make dag     show the DVC stage graph"
 
 setup: $(STAMP)
@@ -80,7 +84,16 @@ ui: setup
 	$(BIN)/prefect server start --host 127.0.0.1 --port $(UI_PORT)
 
 repro: setup
-	$(BIN)/python flows/reproduce.py $(if $(SUBJECT),--subject $(SUBJECT),)
+	$(BIN)/python flows/reproduce.py $(if $(SUBJECT),--subject $(SUBJECT),) $(if $(filter command line,$(origin POOL)),--pool $(POOL),)
+
+# local workers for `make repro POOL=...` (needs `make ui` and PREFECT_API_URL); each worker gets its
+# own workspace under .workspaces/wN (a git clone + DVC cache); Ctrl-C stops them all
+pool: setup
+	@test -n "$$PREFECT_API_URL" || { echo "error: set PREFECT_API_URL (make ui; PREFECT_API_URL=http://127.0.0.1:$(UI_PORT)/api make pool)" >&2; exit 1; }
+	$(BIN)/prefect work-pool inspect $(POOL) >/dev/null 2>&1 || $(BIN)/prefect work-pool create --type process $(POOL)
+	trap 'kill 0' INT TERM EXIT; for i in $$(seq 1 $(WORKERS)); do \
+	  TALKGS_WORKSPACES=$(CURDIR)/.workspaces/w$$i $(BIN)/prefect worker start --pool $(POOL) --name $$(hostname)-w$$i --limit 1 & \
+	done; wait
 
 dag: setup
 	$(BIN)/dvc dag

@@ -3,6 +3,7 @@
     python flows/reproduce.py                    # every subject in params.yaml
     python flows/reproduce.py --subject demo     # the demo's stages, what they depend on, and report
     python flows/reproduce.py --dry-run          # what `dvc status` says would run; runs nothing
+    python flows/reproduce.py --pool talkgs      # fan out to the workers of Prefect work pool `talkgs`
 
 With `make ui` running (a local Prefect server on 127.0.0.1:4200), set PREFECT_API_URL to it
 (`PREFECT_API_URL=http://127.0.0.1:4200/api make repro`; the Makefile does not set it, so that
@@ -26,8 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--subject", action="append", default=[], help="subject (repeatable; default: all)")
     p.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[1], help="repository root")
     p.add_argument("--dry-run", action="store_true", help="print which stages would run (dvc status), run nothing")
+    p.add_argument("--pool", default=None, help="run the stages on this Prefect work pool's workers (README: Fan-out)")
+    p.add_argument("--repo", default=None, help="with --pool: what workers git clone (default: --root)")
     args = p.parse_args(argv)
-    result = reproduce(args.root, subjects=args.subject or None, dry_run=args.dry_run)
+    result = reproduce(args.root, subjects=args.subject or None, dry_run=args.dry_run, pool=args.pool, repo=args.repo)
     return 0 if result.ok else 1
 
 

@@ -314,3 +314,268 @@ def test_artifact_keys_are_stable(tmp_path: Path):
     ]
     kinds = {s.key: s.kind for s in stage_artifacts(tmp_path, ["metrics/tables"])}
     assert kinds == {"metrics-tables-self-driven": "markdown", "metrics-tables-all-metrics": "table"}
+
+
+# ----------------------------------------------------------------------------------------------
+# fan-out to Prefect workers (talkgs.fanout): a real server, a process work pool, two workers
+
+
+LOCAL = ("prep", "report")
+"""Stages the fan-out test keeps in the parent: prep's outputs reach the workers through the remote."""
+
+SWEEP_SLEEP_S = 25.0
+"""How long each toy training sleeps: long enough that two at once beat a worker's per-stage
+overhead (measured on 2 cores shared with a training job: 8-14 s for the process worker to start
+the flow-run process, 1-3 s of dvc pull / push; with 8 s and 15 s trainings the two runs were
+within a few seconds of each other, either way)."""
+
+
+def _sweep_repo(root: Path, remote: Path) -> None:
+    """prep@S (a cached out + a cache: false json) -> train@S-V (2 x 2 matrix; sleeps; reads
+    both) -> report (aggregates every subject x variant), committed, with a directory DVC remote."""
+    import subprocess
+
+    from conftest import _run
+
+    root.mkdir(parents=True)
+    _run(["git", "init", "-q"], root)
+    _run([PY, "-m", "dvc", "init", "-q"], root)
+    _run([PY, "-m", "dvc", "remote", "add", "-d", "shared", str(remote)], root)
+    (root / "params.yaml").write_text("subjects:\n  a: {n: 2}\n  b: {n: 3}\nevaluate:\n  variants: [v1, v2]\n"
+                                      f"sleep: {SWEEP_SLEEP_S}\n")  # fmt: skip
+    (root / "prep.py").write_text(textwrap.dedent("""
+        import json, os, sys
+        s = sys.argv[1]
+        os.makedirs(f"data/{s}", exist_ok=True); os.makedirs("metrics/prep", exist_ok=True)
+        open(f"data/{s}/frames.txt", "w").write(f"frames of {s}\\n" * 3)
+        json.dump({"frames": 3}, open(f"metrics/prep/{s}.json", "w"))
+    """))
+    (root / "train.py").write_text(textwrap.dedent("""
+        import json, os, sys, time, yaml
+        s, v = sys.argv[1], sys.argv[2]
+        p = yaml.safe_load(open("params.yaml"))
+        time.sleep(p["sleep"])
+        frames = open(f"data/{s}/frames.txt").read()
+        n = json.load(open(f"metrics/prep/{s}.json"))["frames"] * p["subjects"][s]["n"]
+        os.makedirs(f"models/{s}/{v}", exist_ok=True); os.makedirs(f"metrics/subjects/{s}", exist_ok=True)
+        open(f"models/{s}/{v}/model.txt", "w").write(f"{v} on {frames!r} x{n}\\n")
+        json.dump({"psnr": 20.0 + n + len(v)}, open(f"metrics/subjects/{s}/{v}.json", "w"))
+        print(f"INFO talkgs.train: trained {s}/{v}")
+    """))
+    (root / "report.py").write_text(textwrap.dedent("""
+        import json, os
+        os.makedirs("metrics/tables", exist_ok=True)
+        rows = []
+        for s in sorted(os.listdir("metrics/subjects")):
+            for f in sorted(os.listdir(f"metrics/subjects/{s}")):
+                rows.append(f"| {s} | {f[:-5]} | {json.load(open(f'metrics/subjects/{s}/{f}'))['psnr']} |")
+        open("metrics/tables/sweep.md", "w").write("### Sweep\\n\\n| subject | variant | psnr |\\n|---|---|---|\\n" + "\\n".join(rows) + "\\n")
+    """))
+    (root / "dvc.yaml").write_text(textwrap.dedent(f"""
+        stages:
+          prep:
+            foreach: [a, b]
+            do:
+              cmd: {PY} prep.py ${{item}}
+              deps: [prep.py]
+              outs:
+                - data/${{item}}
+              metrics:
+                - metrics/prep/${{item}}.json:
+                    cache: false
+          train:
+            matrix:
+              subject: [a, b]
+              variant: [v1, v2]
+            cmd: {PY} train.py ${{item.subject}} ${{item.variant}}
+            deps:
+              - train.py
+              - data/${{item.subject}}
+              - metrics/prep/${{item.subject}}.json
+            params:
+              - sleep
+              - subjects.${{item.subject}}
+            outs:
+              - models/${{item.subject}}/${{item.variant}}
+            metrics:
+              - metrics/subjects/${{item.subject}}/${{item.variant}}.json:
+                  cache: false
+          report:
+            cmd: {PY} report.py
+            deps: [report.py, metrics/subjects]
+            outs:
+              - metrics/tables:
+                  cache: false
+    """))
+    _run(["git", "add", "-A"], root)
+    _run(["git", "commit", "-q", "-m", "toy sweep"], root)
+    assert subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True).stdout == ""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _lock_stages(root: Path) -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+
+
+@pytest.fixture
+def prefect_pool(tmp_path: Path):
+    """A real Prefect server on a free port (its own PREFECT_HOME), a process work pool and two
+    `prefect worker start` processes, each with its own workspace directory. Yields
+    ``(pool, {worker: workspace dir})``; stops them all in the end. Skips when the server does not start."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import httpx
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, PREFECT_LOCAL_STORAGE_PATH, temporary_settings
+
+    port, home, pool = _free_port(), tmp_path / "prefect-home", "talkgs-test-pool"
+    url = f"http://127.0.0.1:{port}/api"
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_LOCAL_STORAGE_PATH=str(home / "storage"),
+               PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1", DVC_NO_ANALYTICS="1",
+               PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_HEARTBEAT_SECONDS="5",
+               PYTHONPATH=os.pathsep.join([src, *filter(None, [os.environ.get("PYTHONPATH")])]),
+               PATH=str(Path(PY).parent) + os.pathsep + os.environ.get("PATH", ""))  # fmt: skip
+    env.pop("PREFECT_API_URL", None)
+    procs: list[subprocess.Popen] = []
+
+    def start(cmd: list[str], log: str, **extra: str) -> subprocess.Popen:
+        p = subprocess.Popen(cmd, env={**env, **extra}, stdout=open(tmp_path / log, "w"), stderr=subprocess.STDOUT,
+                             start_new_session=True)  # fmt: skip
+        procs.append(p)
+        return p
+
+    try:
+        server = start([PY, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui"],
+                       "server.log")  # fmt: skip
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                tail = (tmp_path / "server.log").read_text()[-1500:]
+                pytest.skip(f"the Prefect server did not start on port {port} (exit {server.poll()}): {tail}")
+            time.sleep(1)
+        env["PREFECT_API_URL"] = url
+        subprocess.run([PY, "-m", "prefect", "work-pool", "create", "--type", "process", pool], env=env, check=True,
+                       capture_output=True)  # fmt: skip
+        spaces = {w: tmp_path / f"ws-{w}" for w in ("w1", "w2")}
+        for w, ws in spaces.items():
+            start([PY, "-m", "prefect", "worker", "start", "--pool", pool, "--name", w, "--limit", "1"], f"worker-{w}.log",
+                  TALKGS_WORKSPACES=str(ws))  # fmt: skip
+        while True:  # both workers polling, so the fan-out's wall time does not include their start-up
+            r = httpx.post(f"{url}/work_pools/{pool}/workers/filter", json={}, timeout=10)
+            if r.status_code == 200 and {w["name"] for w in r.json()} >= set(spaces):
+                break
+            dead = [p for p in procs[1:] if p.poll() is not None]
+            if dead or time.monotonic() > deadline:
+                logs = " / ".join((tmp_path / f"worker-{w}.log").read_text()[-800:] for w in spaces)
+                pytest.fail(f"the Prefect workers did not come up: {logs}")
+            time.sleep(1)
+        with temporary_settings(updates={PREFECT_API_URL: url, PREFECT_HOME: str(home),
+                                         PREFECT_LOCAL_STORAGE_PATH: str(home / "storage")}):  # fmt: skip
+            try:
+                yield pool, spaces
+            finally:  # send this process's queued logs and events while the server is up (else the
+                # log and event workers retry a dead server for a minute at exit)
+                from prefect.events.worker import EventsWorker
+                from prefect.logging.handlers import APILogWorker
+
+                APILogWorker.drain_all(timeout=15)
+                EventsWorker.drain_all(timeout=15)
+    finally:
+        t_stop = time.monotonic()
+        for p in reversed(procs):  # workers first, then the server; each its own process group
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGINT)
+        for p in reversed(procs):
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(timeout=10)
+        print(f"stopped the Prefect server and workers in {time.monotonic() - t_stop:.1f} s")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_sweep_fans_out_to_two_workers_same_lock_faster(tmp_path: Path, prefect_pool):
+    import subprocess
+    import time
+
+    pool, spaces = prefect_pool
+    remote = tmp_path / "dvc-remote"
+    serial_root, fan_root = tmp_path / "serial", tmp_path / "fanout"
+    _sweep_repo(serial_root, remote)
+    _sweep_repo(fan_root, remote)
+
+    t0 = time.monotonic()
+    serial = reproduce(serial_root)
+    t_serial = time.monotonic() - t0
+    assert serial.ok, serial.error
+
+    t0 = time.monotonic()
+    fan = reproduce(fan_root, pool=pool, local_kinds=LOCAL)
+    t_fan = time.monotonic() - t0
+    print(f"\nsweep of 2 subjects x 2 variants ({SWEEP_SLEEP_S:.0f} s per training): "
+          f"serial {t_serial:.1f} s, fan-out to 2 workers {t_fan:.1f} s")  # fmt: skip
+    assert fan.ok, fan.error
+    names = ["prep@a", "prep@b", "train@a-v1", "train@a-v2", "train@b-v1", "train@b-v2", "report"]
+    assert set(fan.stages) == set(names) and set(fan.stages.values()) == {"ran"}, fan.stages
+
+    # the same dvc.lock as the serial run (every dep / out hash), and the workspace in that state
+    assert _lock_stages(fan_root) == _lock_stages(serial_root)
+    for rel in ["metrics/tables/sweep.md", "models/b/v2/model.txt", "metrics/subjects/a/v1.json", "data/a/frames.txt"]:
+        assert (fan_root / rel).read_bytes() == (serial_root / rel).read_bytes(), rel
+    st = subprocess.run([PY, "-m", "dvc", "status", "--json"], cwd=fan_root, capture_output=True, text=True, check=True)
+    assert json.loads(st.stdout) == {}, st.stdout
+    # both workers ran stages, each in its own workspace
+    for w, ws in spaces.items():
+        assert list(ws.glob("slot-0/*/.git")), f"worker {w} ran no stage"
+    # the trainings ran side by side: faster than one after the other
+    assert t_fan < t_serial, (t_fan, t_serial)
+
+    # the child flow runs hang off the stage's task runs; a rerun sends nothing, every stage Cached
+    runs = _task_runs(fan.flow_run_id)
+    subflows = _api("/flow_runs/filter", {"flow_runs": {"parent_task_run_id": {"any_": [r["id"] for r in runs.values()]}}})
+    assert sorted(f["name"] for f in subflows) == [n for n in names if n.startswith("train@")]
+    for f in sorted(subflows, key=lambda f: f["start_time"]):
+        print(f"  {f['name']}: started {f['start_time'][11:22]}, ran {f['total_run_time']:.1f} s, "
+              f"{f['estimated_start_time_delta']:.1f} s after it was sent")  # fmt: skip
+    again = reproduce(fan_root, pool=pool, local_kinds=LOCAL)
+    assert again.ok and set(again.stages.values()) == {"skipped"}, again.stages
+    assert {r["state"]["name"] for r in _task_runs(again.flow_run_id).values()} == {"Cached"}
+
+
+def test_fanout_preflight_refuses_what_workers_would_not_see(tmp_path: Path):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from talkgs.orchestrate import StageFailed, fanout_preflight
+
+    root = tmp_path / "repo"
+    _sweep_repo(root, tmp_path / "remote")
+    with temporary_settings(updates={PREFECT_API_URL: None}):
+        with pytest.raises(StageFailed, match="needs a Prefect server"):
+            fanout_preflight(root, "p", None)
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        fan = fanout_preflight(root, "p", None)
+        assert fan.repo == str(root) and len(fan.rev) == 40 and fan.uncached["prep@a"] == ("metrics/prep/a.json",)
+        assert fan.is_local("report") and fan.is_local("data/raw/x.mp4.dvc") and not fan.is_local("train@a-v1")
+        (root / "dvc.lock").write_text("schema: '2.0'\n")  # the lock and stage outputs may differ
+        (root / "train.py").write_text("changed = True\n")
+        with pytest.raises(StageFailed, match="uncommitted changes to train.py: commit"):
+            fanout_preflight(root, "p", None)

@@ -202,9 +202,11 @@ def cmd_params(args: argparse.Namespace) -> int:
 
 
 def cmd_repro(args: argparse.Namespace) -> int:
-    from talkgs.orchestrate import reproduce
+    from talkgs.orchestrate import LOCAL_STAGE_KINDS, reproduce
 
-    result = reproduce(root=args.root, subjects=args.subject or None, dry_run=args.dry_run)
+    local = tuple(args.local) if args.local else LOCAL_STAGE_KINDS
+    result = reproduce(root=args.root, subjects=args.subject or None, dry_run=args.dry_run, pool=args.pool,
+                       repo=args.repo, local_kinds=local)  # fmt: skip
     return 0 if result.ok else 1
 
 
@@ -327,6 +329,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "dependency order, as Prefect task runs (watch them with `make ui`). DVC decides what reruns.")  # fmt: skip
     s.add_argument("--subject", action="append", default=[], help="only this subject's stages (repeatable; default: all)")
     s.add_argument("--dry-run", action="store_true", help="list the planned stages and which of them would run (dvc status), run nothing")
+    s.add_argument("--pool", default=None, help="fan out: run the stages on the workers of this Prefect work pool, "
+                   "independent ones side by side, sharing outputs through the default DVC remote (README: Fan-out)")
+    s.add_argument("--repo", default=None, help="with --pool: what workers git clone (default: this checkout's path, "
+                   "for workers on this machine; a URL the commit is pushed to for other machines)")
+    s.add_argument("--local", action="append", default=[], metavar="KIND",
+                   help="with --pool: stage kinds run here instead (repeatable; default: make_demo, report)")
     s.set_defaults(func=cmd_repro)
     return p
 

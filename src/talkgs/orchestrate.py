@@ -21,6 +21,11 @@ retries for I/O errors, and artifacts for the metrics, tables, renders and curve
 - the flow run is named and tagged after what it runs (:func:`run_identity`): subjects,
   variants, git revision, params.yaml hash.
 
+With a work pool (``reproduce(pool=...)``, ``talkgs repro --pool P``) the stages not kept local
+(:data:`LOCAL_STAGE_KINDS`) run on the pool's Prefect workers instead, independent ones side by
+side, each in the worker's own workspace, sharing outputs through the default DVC remote; the
+parent merges their ``dvc.lock`` entries and pulls their outputs (:mod:`talkgs.fanout`).
+
 ``flows/reproduce.py`` and ``talkgs repro`` are thin wrappers over :func:`reproduce`.
 """
 
@@ -32,19 +37,26 @@ import io
 import json
 import logging
 import os
-import queue
 import re
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger(__name__)
+from talkgs.dvcrun import (  # noqa: F401  (re-exported: the flow's public names)
+    LOCK_MESSAGES,
+    DvcLockBusy,
+    LogRelay,
+    StageFailed,
+    _run_dvc_stage,
+    _subprocess_env,
+    format_status,
+)
 
-LOCK_MESSAGES = ("Unable to acquire lock", "lock is held", "LockError")
+log = logging.getLogger(__name__)
 
 ARTIFACT_FORMAT = "talkgs-artifact-v2"
 """Mixed into every artifact's content hash: a change of how files are rendered republishes."""
@@ -53,34 +65,12 @@ LINK_SUFFIXES = (".mp4", ".png", ".jpg", ".gif", ".webm")
 """Files at the top level of a stage output that get a link artifact (videos, sheets, plots)."""
 
 
-class StageFailed(RuntimeError):
-    """A DVC stage's command failed (not retried: rerunning the same command fails the same way)."""
-
-
-class DvcLockBusy(OSError):
-    """DVC's repository lock is held by another process (retried)."""
-
-
 def prefect_env(root: Path) -> None:
     """Defaults for a project-local, quiet Prefect: ``PREFECT_HOME`` under the repo, analytics off."""
     os.environ.setdefault("PREFECT_HOME", str((root / ".prefect").resolve()))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
-
-
-def _subprocess_env() -> dict[str, str]:
-    """Environment for dvc: the running interpreter's bin dir first on PATH (the stage commands
-    pick dvc's interpreter themselves, ``stages/python.sh``; tools they call find this venv's too)."""
-    env = dict(os.environ)
-    bindir = str(Path(sys.executable).parent)
-    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
-    env.setdefault("DVC_NO_ANALYTICS", "1")
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    # stage logs as `LEVEL name: message` (progress lines too), which the relay maps onto the
-    # task logger's levels: one prefix, the task logger's
-    env["TALKGS_PLAIN_LOGS"] = "1"
-    return env
 
 
 def stage_subject(stage: str) -> str | None:
@@ -105,6 +95,8 @@ class PlannedStage:
     name: str
     upstream: tuple[str, ...]
     outs: tuple[str, ...]  # paths relative to the repository root (outs, metrics, plots)
+    needs: tuple[str, ...] = ()  # direct upstream stages in the whole dvc.yaml, planned or not
+    uncached: tuple[str, ...] = ()  # the ``cache: false`` outs (not in a DVC remote)
 
 
 def plan_stages(root: Path, subjects: list[str] | None = None, stages: list[str] | None = None) -> list[PlannedStage]:
@@ -147,7 +139,9 @@ def plan_stages(root: Path, subjects: list[str] | None = None, stages: list[str]
         for s in order:
             outs = tuple(sorted(os.path.relpath(o.fs_path, root) for o in s.outs))
             up = tuple(sorted(name_of[d] for d in sub.successors(s)))
-            plan.append(PlannedStage(name_of[s], up, outs))
+            needs = tuple(sorted(name_of[d] for d in graph.successors(s)))
+            uncached = tuple(sorted(os.path.relpath(o.fs_path, root) for o in s.outs if not o.use_cache))
+            plan.append(PlannedStage(name_of[s], up, outs, needs, uncached))
         return plan
 
 
@@ -160,26 +154,13 @@ def dvc_status(root: Path, names: list[str]) -> dict[str, str]:
     """What ``dvc status`` says of each stage now: ``""`` when up to date, else what changed
     (``changed deps: src.txt (modified)``). A stage downstream of a changed one may still show up to date:
     DVC only knows after the upstream stage ran (see :func:`dry_run_plan`)."""
-    out = {n: "" for n in names}
     if not names:
-        return out
+        return {}
     cmd = [sys.executable, "-m", "dvc", "status", "--json", *names]
     r = subprocess.run(cmd, cwd=root, env=_subprocess_env(), capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"`dvc status` failed in {root} (exit {r.returncode}): {r.stderr.strip() or r.stdout.strip()}")
-    raw = json.loads(r.stdout or "{}")
-    for key, changes in raw.items():
-        name = key.split(":", 1)[-1]  # "dvc.yaml:count@a" or "count@a"
-        parts = []
-        for ch in changes:
-            if isinstance(ch, dict):
-                for what, files in ch.items():
-                    parts.append(f"{what}: " + (", ".join(f"{k} ({v})" for k, v in files.items()) if isinstance(files, dict) else str(files)))
-            else:
-                parts.append(str(ch))
-        if name in out:
-            out[name] = "; ".join(parts) or "changed"
-    return out
+    return format_status(json.loads(r.stdout or "{}"), names)
 
 
 def dry_run_plan(root: Path, plan: list[PlannedStage]) -> dict[str, str]:
@@ -250,146 +231,6 @@ def stage_tags(stage: str) -> list[str]:
     """Tags of a stage's task run: ``stage:<stage kind>`` and ``subject:<S>`` where it has one."""
     subj = stage_subject(stage)
     return [f"stage:{stage.split('@', 1)[0]}", *([f"subject:{subj}"] if subj else [])]
-
-
-# ----------------------------------------------------------------------------------------------
-# running one stage: dvc repro, its output relayed at the right levels
-
-
-_LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR,
-           "CRITICAL": logging.CRITICAL}  # fmt: skip
-_PLAIN_LOG = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL) (\S+: .*)$")
-_DVC_LEVEL = re.compile(r"^(ERROR|WARNING): (.*)$")
-_ABSL = re.compile(r"^([IWEF])\d{4} [\d:.]+\s+\d+\s+\S+:\d+\] ")
-_NOISE = (
-    re.compile(r"^To track the changes with git, run:$"),
-    re.compile(r"^\s*git add .*dvc\.lock.*$"),
-    re.compile(r"^To enable auto staging, run:$"),
-    re.compile(r"^\s*dvc config core\.autostage true$"),
-    re.compile(r"^Use `dvc push` to send your updates to remote storage\.$"),
-    re.compile(r"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$"),
-    re.compile(r"^INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$"),
-)
-_TB_CONT = ("Traceback (most recent call last):", "During handling of the above exception", "The above exception was")
-
-
-class LogRelay:
-    """Maps a stage's output lines onto log levels, one record per line (a traceback: one record).
-
-    - ``LEVEL name: message`` (talkgs's plain logs, progress lines included) -> that level,
-      ``name: message``;
-    - DVC's ``ERROR: ...`` / ``WARNING: ...`` -> ERROR / WARNING; a Python traceback -> ERROR;
-    - DVC's ``git add dvc.lock`` / autostage / ``dvc push`` hints, MediaPipe's absl I/W lines
-      -> DEBUG (absl E -> WARNING, F -> ERROR);
-    - anything else: stdout -> INFO, stderr -> WARNING.
-    """
-
-    def __init__(self, emit: Callable[[int, str], None]) -> None:
-        self.emit = emit
-        self._tb: list[str] = []
-        self.tail: list[str] = []  # the last non-noise lines (for the failure message)
-        self.errors: list[str] = []  # ERROR-level records
-
-    def _out(self, level: int, msg: str) -> None:
-        if level > logging.DEBUG:
-            self.tail = (self.tail + [msg])[-15:]
-        if level >= logging.ERROR:
-            self.errors.append(msg)
-        self.emit(level, msg)
-
-    def line(self, line: str, stderr: bool) -> None:
-        line = line.rstrip("\r\n")
-        if self._tb:
-            if line.startswith((" ", "\t")) or not line.strip() or line.startswith(_TB_CONT):
-                self._tb.append(line)
-                return
-            self._tb.append(line)  # the exception line ends it
-            self.flush()
-            return
-        if not line.strip():
-            return
-        if stderr and line.startswith("Traceback (most recent call last):"):
-            self._tb = [line]
-            return
-        if any(p.match(line) for p in _NOISE):
-            self.emit(logging.DEBUG, line)
-            return
-        if m := _ABSL.match(line):
-            self._out({"I": logging.DEBUG, "W": logging.DEBUG, "E": logging.WARNING}.get(m.group(1), logging.ERROR), line)
-            return
-        if m := _PLAIN_LOG.match(line):
-            self._out(_LEVELS[m.group(1)], m.group(2))
-            return
-        if m := _DVC_LEVEL.match(line):
-            self._out(_LEVELS[m.group(1)], m.group(2))
-            return
-        self._out(logging.WARNING if stderr else logging.INFO, line)
-
-    def flush(self) -> None:
-        if self._tb:
-            tb, self._tb = self._tb, []
-            while tb and not tb[-1].strip():
-                tb.pop()
-            self._out(logging.ERROR, "\n".join(tb))
-
-
-_EXITED = re.compile(r"exited with (-?\d+)")
-
-
-def _run_dvc_stage(stage: str, root: Path, emit: Callable[[int, str], None]) -> str:
-    """Run one stage with ``dvc repro --single-item``; relay its output through ``emit(level, msg)``.
-
-    Returns ``"skipped"`` when DVC found it up to date, ``"restored"`` when DVC's run cache
-    had its outputs, else ``"ran"``. Raises :class:`StageFailed` with the stage command's own exit
-    status and error lines, :class:`DvcLockBusy` when DVC's lock is held.
-    """
-    cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage]
-    try:
-        proc = subprocess.Popen(
-            cmd, cwd=root, env=_subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, bufsize=1, errors="replace",
-        )  # fmt: skip
-    except OSError as e:  # could not start the process at all: I/O, retry
-        raise OSError(f"could not start {' '.join(cmd)}: {e}") from e
-    lines: queue.Queue[tuple[bool, str | None]] = queue.Queue()
-
-    def pump(stream: Any, is_err: bool) -> None:
-        for line in stream:
-            lines.put((is_err, line))
-        lines.put((is_err, None))
-
-    pumps = [threading.Thread(target=pump, args=(s, e), daemon=True) for s, e in ((proc.stdout, False), (proc.stderr, True))]
-    for t in pumps:
-        t.start()
-    relay = LogRelay(emit)
-    text: list[str] = []
-    open_streams = 2
-    while open_streams:
-        is_err, line = lines.get()
-        if line is None:
-            open_streams -= 1
-            continue
-        text.append(line)
-        relay.line(line, is_err)
-    relay.flush()
-    rc = proc.wait()
-    out = "".join(text)
-    if rc != 0:
-        if any(m in out for m in LOCK_MESSAGES):
-            raise DvcLockBusy(f"DVC repository lock busy while running {stage}; another `dvc` is running in {root}")
-        m = _EXITED.search(out)
-        what = f"its command exited with {m.group(1)}" if m else f"dvc repro exited with {rc}"
-        # the stage's own last error (a traceback's last line), else its last output line
-        own = [e for e in relay.errors if not e.startswith("failed to reproduce")]
-        said = [t for t in relay.tail if not t.startswith("failed to reproduce")]
-        reason = (own or said or ["(no output)"])[-1].splitlines()[-1]
-        tail = "\n".join(relay.tail[-10:])
-        raise StageFailed(f"stage {stage} failed ({what}): {reason}\nlast output:\n{tail}")
-    if "didn't change, skipping" in out:
-        return "skipped"
-    if "is cached - skipping run" in out:
-        return "restored"
-    return "ran"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -609,14 +450,115 @@ class ReproResult:
     flow_run_name: str | None = None
 
 
-def _build_flow(sink: dict[str, Any]) -> Any:
+LOCAL_STAGE_KINDS = ("make_demo", "report")
+"""Stages a fan-out run keeps in the parent's workspace: cheap, and ``report`` reads every
+subject's metrics (the kind is the part of the name before ``@``)."""
+
+
+@dataclass
+class FanOut:
+    """A fan-out run's settings and the parent's bookkeeping (see :mod:`talkgs.fanout`)."""
+
+    pool: str
+    repo: str  # what workers `git clone` / `git fetch` (a path on one machine, a URL across machines)
+    rev: str  # the commit workers check out
+    local_kinds: tuple[str, ...] = LOCAL_STAGE_KINDS
+    uncached: dict[str, tuple[str, ...]] = field(default_factory=dict)  # stage -> cache: false outs
+    pushed: set[str] = field(default_factory=set)  # stages whose cached outs are in the DVC remote
+    poll_s: float = 1.0
+
+    def is_local(self, stage: str) -> bool:
+        # a `dvc add`-ed file (`data/raw/x.mp4.dvc`) has no command: nothing to send
+        return stage.endswith(".dvc") or stage.split("@", 1)[0] in self.local_kinds
+
+
+def fanout_preflight(root: Path, pool: str, repo: str | None, local_kinds: tuple[str, ...] = LOCAL_STAGE_KINDS) -> FanOut:
+    """Check what a fan-out run needs (a Prefect server, a commit, no uncommitted changes workers
+    would not see, a default DVC remote) and return its :class:`FanOut`."""
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        raise StageFailed(
+            "fan-out (--pool) needs a Prefect server that the workers reach too: set PREFECT_API_URL "
+            "(e.g. `make ui`, then PREFECT_API_URL=http://127.0.0.1:4200/api)"
+        )
+    rev = _git(root, "rev-parse", "HEAD")
+    if not rev:
+        raise StageFailed(f"fan-out runs a git commit on the workers, and {root} has none: commit first")
+    everything = plan_stages(root)
+    outs = [o for s in everything for o in s.outs]
+    # -z: one "XY path" entry per NUL, leading status blanks kept (renames add the old path as an entry)
+    st = subprocess.run(["git", "status", "--porcelain", "-z", "--untracked-files=no"], cwd=root, capture_output=True, text=True)
+    changed = [e[3:] if len(e) > 3 and e[2] == " " else e for e in st.stdout.split("\0") if e]
+    unseen = [c for c in changed if c != "dvc.lock" and not any(c == o or c.startswith(o.rstrip("/") + "/") for o in outs)]
+    if unseen:
+        raise StageFailed(
+            f"fan-out runs commit {rev[:10]} on the workers, which would not see the uncommitted changes to "
+            f"{', '.join(unseen[:8])}{' …' if len(unseen) > 8 else ''}: commit them first (dvc.lock and stage outputs may differ)"
+        )
+    remote = _git(root, "config", "--file", ".dvc/config", "core.remote")
+    if not remote:
+        r = subprocess.run([sys.executable, "-m", "dvc", "remote", "default"], cwd=root, env=_subprocess_env(),
+                           capture_output=True, text=True)  # fmt: skip
+        remote = r.stdout.strip() if r.returncode == 0 else ""
+    if not remote:
+        raise StageFailed(
+            "fan-out shares stage outputs through a DVC remote and there is no default one: "
+            "`dvc remote add -d NAME URL` (a directory, s3://bucket/path, ...) and commit .dvc/config"
+        )
+    return FanOut(pool=pool, repo=repo or str(root), rev=rev, local_kinds=tuple(local_kinds),
+                  uncached={s.name: s.uncached for s in everything})  # fmt: skip
+
+
+def _remote_stage(stage: str, root: Path, spec: dict[str, Any], fan: FanOut, ws_lock: threading.Lock,
+                  run_tags: list[str], logger: Any) -> str:  # fmt: skip
+    """One stage on the work pool: send it (with what it needs) to a worker, take its outputs back."""
+    from prefect.deployments import run_deployment
+
+    from talkgs import fanout
+
+    with ws_lock:
+        why = fanout.stage_changes(root, stage)
+        if not why:
+            return "skipped"
+        missing = [n for n in spec["needs"] if n not in fan.pushed]
+        if missing:  # outputs made (or found up to date) here, which the worker pulls
+            logger.info("dvc push %s", " ".join(missing))
+            fanout.dvc_op(root, "push", missing)
+            fan.pushed.update(missing)
+        lock = (root / "dvc.lock").read_text() if (root / "dvc.lock").is_file() else ""
+        files = fanout.read_files(root, [u for n in spec["needs"] for u in fan.uncached.get(n, ())])
+    logger.info("stage %s (%s): sent to work pool %s", stage, why, fan.pool)
+    fr = run_deployment(
+        fanout.DEPLOYMENT, flow_run_name=stage, timeout=None, poll_interval=fan.poll_s,
+        tags=[*run_tags, *stage_tags(stage)],
+        parameters={"stage": stage, "repo": fan.repo, "rev": fan.rev, "lock": lock, "pull": list(spec["needs"]),
+                    "files": files, "protocol": fanout.PROTOCOL},
+    )  # fmt: skip
+    if not fr.state.is_completed():
+        raise StageFailed(f"stage {stage} failed on work pool {fan.pool} (flow run {fr.name}, {fr.state.name}): {fr.state.message}")
+    res = fanout.decode_result(fr)
+    logger.info("stage %s: %s on %s (%s)", stage, res["status"], res["host"], res["workspace"])
+    with ws_lock:
+        fanout.write_files(root, res["files"])
+        fanout.merge_lock_entry(root, stage, res["lock"])
+        if set(spec["outs"]) - set(spec["uncached"]):
+            fanout.dvc_op(root, "pull", [stage])  # its cached outs, from the remote
+        fan.pushed.add(stage)
+    return res["status"]
+
+
+def _build_flow(sink: dict[str, Any], fan: FanOut | None = None, run_tags: list[str] | None = None) -> Any:
     """Define the Prefect task and flow (import of prefect deferred: it is slow). The flow writes
-    its stage outcomes into ``sink`` (they survive a failed run)."""
+    its stage outcomes into ``sink`` (they survive a failed run). With ``fan``, the stages not
+    kept local run on its work pool, as many at once as its workers take."""
     from prefect import flow, get_run_logger, tags, task
     from prefect.cache_policies import NO_CACHE
     from prefect.runtime import flow_run
     from prefect.states import Completed
     from prefect.task_runners import ThreadPoolTaskRunner
+
+    ws_lock = threading.Lock()  # one DVC command at a time in this workspace (DVC's repository lock)
 
     def retry_on_io(task: Any, task_run: Any, state: Any) -> bool:
         try:
@@ -631,10 +573,14 @@ def _build_flow(sink: dict[str, Any]) -> Any:
         name="dvc-stage", task_run_name="{stage}", retries=2, retry_delay_seconds=10,
         retry_condition_fn=retry_on_io, cache_policy=NO_CACHE, persist_result=False,
     )  # fmt: skip
-    def dvc_stage(stage: str, root: str, outs: list[str]) -> Any:
+    def dvc_stage(stage: str, root: str, spec: dict[str, Any]) -> Any:
         logger = get_run_logger()
-        status = _run_dvc_stage(stage, Path(root), lambda level, msg: logger.log(level, "%s", msg))
-        published, _ = publish_artifacts(stage_artifacts(Path(root), outs), logger)
+        if fan is not None and not fan.is_local(stage):
+            status = _remote_stage(stage, Path(root), spec, fan, ws_lock, run_tags or [], logger)
+        else:
+            with ws_lock:
+                status = _run_dvc_stage(stage, Path(root), lambda level, msg: logger.log(level, "%s", msg))
+        published, _ = publish_artifacts(stage_artifacts(Path(root), spec["outs"]), logger)
         sink.setdefault("artifacts", []).extend(published)
         if status == "ran":
             logger.info("stage %s: ran", stage)
@@ -648,13 +594,16 @@ def _build_flow(sink: dict[str, Any]) -> Any:
         logger = get_run_logger()
         sink["flow_run_id"], sink["flow_run_name"] = str(flow_run.id), flow_run.name
         logger.info("%d stage(s) in order: %s", len(plan), ", ".join(s["name"] for s in plan))
+        if fan is not None:
+            remote = [s["name"] for s in plan if not fan.is_local(s["name"])]
+            logger.info("fan-out to work pool %s at %s: %d stage(s) on workers, the others here", fan.pool, fan.rev[:10], len(remote))
         futures: dict[str, Any] = {}
-        # submitted in dependency order to one worker thread: serial (DVC's repository lock),
-        # each waiting for its dvc.yaml dependencies (the edges of the flow run graph)
+        # submitted in dependency order, each waiting for its dvc.yaml dependencies (the edges of
+        # the flow run graph); serially (one thread) or, fanning out, side by side
         for s in plan:
-            with tags(*stage_tags(s["name"])):
+            with tags(*stage_tags(s["name"]), *([f"pool:{fan.pool}"] if fan and not fan.is_local(s["name"]) else [])):
                 futures[s["name"]] = dvc_stage.submit(
-                    s["name"], root, s["outs"], wait_for=[futures[u] for u in s["upstream"] if u in futures]
+                    s["name"], root, s, wait_for=[futures[u] for u in s["upstream"] if u in futures]
                 )
         outcome: dict[str, str] = {}
         failed: list[str] = []
@@ -675,14 +624,22 @@ def _build_flow(sink: dict[str, Any]) -> Any:
             raise StageFailed("; ".join(failed) + more)
         return outcome
 
+    if fan is not None:
+        # a thread per stage at most: threads only wait on workers, the pool sets the parallelism
+        return reproduce_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=max(1, min(64, sink["n_stages"]))))
     return reproduce_flow
 
 
 def reproduce(
-    root: Path = Path("."), subjects: list[str] | None = None, stages: list[str] | None = None, dry_run: bool = False
-) -> ReproResult:
+    root: Path = Path("."), subjects: list[str] | None = None, stages: list[str] | None = None, dry_run: bool = False,
+    pool: str | None = None, repo: str | None = None, local_kinds: tuple[str, ...] = LOCAL_STAGE_KINDS,
+) -> ReproResult:  # fmt: skip
     """Run the DVC stages (all, or those of ``subjects`` + ``report``, or exactly ``stages``) as a
-    Prefect flow; with ``dry_run``, print what ``dvc status`` says would run, run nothing."""
+    Prefect flow; with ``dry_run``, print what ``dvc status`` says would run, run nothing.
+
+    With ``pool`` (a Prefect work pool), the stages not in ``local_kinds`` run on its workers,
+    independent ones side by side, sharing outputs through the default DVC remote; workers
+    clone ``repo`` (default: ``root``) at HEAD. See :mod:`talkgs.fanout`."""
     root = Path(root).resolve()
     prefect_env(root)
     plan = plan_stages(root, subjects, stages)
@@ -697,10 +654,18 @@ def reproduce(
     from prefect import tags
 
     name, run_tags = run_identity(root, subjects, stages)
-    sink: dict[str, Any] = {}
-    flow = _build_flow(sink).with_options(flow_run_name=name)
-    payload = [{"name": s.name, "upstream": list(s.upstream), "outs": list(s.outs)} for s in plan]
+    sink: dict[str, Any] = {"n_stages": len(plan)}
+    payload = [{"name": s.name, "upstream": list(s.upstream), "outs": list(s.outs), "needs": list(s.needs),
+                "uncached": list(s.uncached)} for s in plan]  # fmt: skip
     try:
+        fan = None
+        if pool:
+            from talkgs import fanout
+
+            fan = fanout_preflight(root, pool, repo, local_kinds)
+            fanout.ensure_deployment(pool)
+            run_tags = [*run_tags, f"pool:{pool}"]
+        flow = _build_flow(sink, fan, run_tags).with_options(flow_run_name=name)
         with tags(*run_tags):
             flow(str(root), payload)
     except (StageFailed, OSError) as e:
