@@ -81,7 +81,9 @@ ci-tier: setup
 
 ui: setup
 	@echo "Prefect UI: http://127.0.0.1:$(UI_PORT)  (in another shell: PREFECT_API_URL=http://127.0.0.1:$(UI_PORT)/api make repro SUBJECT=demo)"
-	$(BIN)/prefect server start --host 127.0.0.1 --port $(UI_PORT)
+	@# the UI's own API address: without it the browser app calls :4200 whatever UI_PORT is
+	@# (seen in headless Chromium with UI_PORT=4211: "Can't connect to Server API at 127.0.0.1:4200")
+	PREFECT_UI_API_URL=http://127.0.0.1:$(UI_PORT)/api $(BIN)/prefect server start --host 127.0.0.1 --port $(UI_PORT)
 
 repro: setup
 	$(BIN)/python flows/reproduce.py $(if $(SUBJECT),--subject $(SUBJECT),) $(if $(filter command line,$(origin POOL)),--pool $(POOL),)
