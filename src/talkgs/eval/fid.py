@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from talkgs.eval.metrics import WeightsMissing
+from talkgs.eval.metrics import WeightsMissing, state_dict_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -224,8 +224,7 @@ def load_fid_inception(path: str | os.PathLike[str] | None = None, device: Any =
     state = torch.load(p, map_location="cpu", weights_only=True)
     net = FIDInceptionV3()
     own = net.state_dict()
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in own]
+    missing, unexpected, _ = state_dict_mismatch(own, state)
     if missing or unexpected:
         raise ValueError(f"{p}: not pytorch-fid's FID Inception weights (missing {missing[:6]}, unexpected {unexpected[:6]})")
     net.load_state_dict(state, strict=False)

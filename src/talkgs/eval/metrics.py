@@ -35,7 +35,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ __all__ = [
     "Box",
     "WeightsMissing",
     "unavailable",
+    "state_dict_mismatch",
     "is_unavailable",
     "to_float01",
     "psnr",
@@ -67,6 +68,24 @@ FACE_CLASSES = (2, 4, 5, 6)
 
 class WeightsMissing(FileNotFoundError):
     """A metric's network weights are not on this machine; the message says where to put them."""
+
+
+def state_dict_mismatch(own: Mapping[str, Any], state: Mapping[str, Any]) -> tuple[list[str], list[str], list[tuple[str, Any, list[int]]]]:
+    """How a weights file's state dict ``state`` differs from a network's own ``own``:
+    ``(missing, unexpected, shapes)``: keys of ``own`` absent from ``state`` (``num_batches_tracked``
+    buffers, absent from files saved by old PyTorch versions, may be missing), keys of ``state``
+    the network lacks, and ``(key, found shape or type name, expected shape)`` of the shared keys
+    whose value is not a tensor of the network's shape. Empty lists: the file fits."""
+    import torch
+
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        (k, list(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__, list(own[k].shape))
+        for k, v in state.items()
+        if k in own and not (isinstance(v, torch.Tensor) and v.shape == own[k].shape)
+    ]
+    return missing, unexpected, shapes
 
 
 def unavailable(reason: str) -> dict[str, str]:

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from talkgs.eval.metrics import WeightsMissing
+from talkgs.eval.metrics import WeightsMissing, state_dict_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -172,16 +172,16 @@ def load_syncnet(path: str | os.PathLike[str] | None = None, device: Any = "cpu"
         state = state["state_dict"]
     net = SyncNet()
     own = net.state_dict()
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in own]
+    missing, unexpected, shapes = state_dict_mismatch(own, state)
     if missing or unexpected:
         raise ValueError(
             f"{p}: not a syncnet_python SyncNetModel.S state dict (missing {missing[:6]}{'...' if len(missing) > 6 else ''}, "
             f"unexpected {unexpected[:6]}{'...' if len(unexpected) > 6 else ''})"
         )
+    if shapes:
+        k, found, expected = shapes[0]
+        raise ValueError(f"{p}: {k} has shape {found}, SyncNetModel.S has {expected}")
     for k, v in state.items():
-        if own[k].shape != v.shape:
-            raise ValueError(f"{p}: {k} has shape {list(v.shape)}, SyncNetModel.S has {list(own[k].shape)}")
         own[k].copy_(v)
     return net.to(device).eval()
 

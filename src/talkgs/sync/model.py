@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from talkgs.configlib import ConfigError
+from talkgs.eval.metrics import state_dict_mismatch
 from talkgs.sync.wav2lip import Wav2LipSyncNet
 
 __all__ = [
@@ -193,17 +194,14 @@ def load_expert(path: str | os.PathLike[str], device: str | torch.device = "cpu"
         arch, kwargs = "wav2lip", {}
         info = {"arch": arch, "source": str(p), "global_step": data.get("global_step")}
     net = build_net(arch, kwargs)
-    own = net.state_dict()
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in own]
+    missing, unexpected, shapes = state_dict_mismatch(net.state_dict(), state)
     if missing or unexpected:
         raise SyncWeightsError(
             f"{where}: {p} does not match the {arch} sync expert: missing {missing[:5]}{' ...' if len(missing) > 5 else ''}, "
             f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}"
         )
-    for k, v in state.items():
-        if not isinstance(v, Tensor) or own[k].shape != v.shape:
-            found = list(v.shape) if isinstance(v, Tensor) else type(v).__name__
-            raise SyncWeightsError(f"{where}: {p}: {k} has shape {found}, the {arch} sync expert has {list(own[k].shape)}")
+    if shapes:
+        k, found, expected = shapes[0]
+        raise SyncWeightsError(f"{where}: {p}: {k} has shape {found}, the {arch} sync expert has {expected}")
     net.load_state_dict(state, strict=False)
     return net.to(device).eval(), info
