@@ -199,10 +199,9 @@ def _foreign_audios(params: Params, root: Path, feature: str) -> tuple[dict[str,
     """Enabled foreign audios: name -> file, and name -> its cached ``audio_<feature>.parquet``
     (the variant's audio feature; the audio_features stage writes one per features.audio_encoders)."""
     wavs, feats = {}, {}
-    enc = feature
     for name, a in params.audios.items():
         wavs[name] = _under(root, a.path)
-        feats[name] = paths.audio_dir(name, root) / f"audio_{enc}.parquet"
+        feats[name] = paths.audio_dir(name, root) / f"audio_{feature}.parquet"
     return wavs, feats
 
 

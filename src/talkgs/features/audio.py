@@ -48,6 +48,10 @@ from talkgs.preprocess.errors import InputError
 
 log = logging.getLogger(__name__)
 
+PHONE_SETS = ("phones", "visemes")
+"""Classes of the ``phonemes`` encoder (:mod:`talkgs.features.phonemes`): 39 CMUdict phones +
+silence, or 13 visemes."""
+
 HOP = 320
 """Encoder frame hop in samples at 16 kHz (50 Hz), shared by every encoder."""
 SAMPLE_RATE = 16000
@@ -93,7 +97,7 @@ class AudioEncoderParams:
             (self.n_mels >= 8, "n_mels must be >= 8"),
             (self.chunk_s >= 1.0, "chunk_s must be >= 1"),
             (self.context_s >= 0.0, "context_s must be >= 0"),
-            (self.phone_set in ("phones", "visemes"), "phone_set must be 'phones' or 'visemes'"),
+            (self.phone_set in PHONE_SETS, f"phone_set must be one of {PHONE_SETS}"),
             (self.phone_chunk_s >= 1.0, "phone_chunk_s must be >= 1"),
             (self.phone_smoothing_ms >= 0.0, "phone_smoothing_ms must be >= 0"),
         ]

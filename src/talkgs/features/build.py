@@ -76,8 +76,8 @@ class FeaturesParams:
                 audio_mod.encoder_parts(e)
             except ValueError as err:
                 raise ValueError(f"features params: audio_encoders: {err}") from None
-        if self.phone_set not in ("phones", "visemes"):
-            raise ValueError(f"features params: phone_set must be 'phones' or 'visemes', got {self.phone_set!r}")
+        if self.phone_set not in audio_mod.PHONE_SETS:
+            raise ValueError(f"features params: phone_set must be one of {audio_mod.PHONE_SETS}, got {self.phone_set!r}")
         if not 0.0 < self.blink_closed_ratio < 1.0:
             raise ValueError("features params: blink_closed_ratio must be in (0, 1)")
 

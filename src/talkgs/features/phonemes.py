@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from talkgs.features.audio import HOP, SAMPLE_RATE, AudioEncoder, AudioEncoderParams, register_audio_encoder
+from talkgs.features.audio import HOP, PHONE_SETS, SAMPLE_RATE, AudioEncoder, AudioEncoderParams, register_audio_encoder
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,6 @@ VISEMES: dict[str, tuple[str, ...]] = {
 """Neti et al. (2000) viseme classes over the CMUdict phones (``ax``/``el``/``en`` of their
 table are not in CMUdict)."""
 
-PHONE_SETS = ("phones", "visemes")
 SPHINX_HOP = 160
 """pocketsphinx frame hop in samples (100 Hz at 16 kHz)."""
 SPHINX_WLEN = 410
