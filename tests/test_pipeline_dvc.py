@@ -49,7 +49,7 @@ def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     params["train"]["preset"] = "tiny"
     params["evaluate"]["fid"] = False
     params["evaluate"]["identity"] = {"max_frames": 8, "reference_frames": 4}  # dlib: ~0.1 s per descriptor
-    params["sync_expert"] = {**params["sync_expert"], "steps": 20, "batch_size": 8, "width": 8}  # the stage runs, briefly
+    params["sync_expert"] = {**params["sync_expert"], "train": "always", "steps": 20, "batch_size": 8, "width": 8}  # the stage runs, briefly
     # few-shot sweep: 2 s trains (the 4 s clip's training split is 3.6 s), 10 s is unavailable
     params["evaluate"]["few_shot"] = {"subjects": ["demo"], "variants": ["gaussiantalker"], "seconds": [2, 10]}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -69,15 +69,16 @@ def synthetic_clip(n: int = 400, seed: int = 0, h: int = 24, w: int = 48, margin
 def test_expert_learns_sync_on_a_synthetic_clip():
     torch.manual_seed(0)
     clip = synthetic_clip()
-    params = SyncExpertParams(steps=150, batch_size=32, lr=3e-3, width=8, embed_dim=32, negative_min_shift=2, negative_max_shift=10, jitter_px=2)
+    params = SyncExpertParams(steps=300, batch_size=32, lr=3e-3, width=8, embed_dim=32, negative_min_shift=2, negative_max_shift=10, jitter_px=2)
     net = SyncExpertNet(_spec(), width=params.width, embed_dim=params.embed_dim)
     before = evaluate(net, [clip], "test", 5)
     info = fit(net, [clip], params)
     after = evaluate(net, [clip], "test", 5)
-    assert info["step"] == 150
+    assert info["step"] == 300
     assert after["pairs"] > 100 and after["chance"] == 0.5
     # chance is 0.5 for both; the task is not perfectly separable (energies 5 frames apart can be alike)
     assert before["pairwise_accuracy"] < 0.7
+    # 150 steps gave accuracy 0.76 on an Intel CPU, 0.74 on an AMD EPYC one (pairwise 0.89): 300 steps for margin
     assert after["accuracy"] > 0.75 and after["pairwise_accuracy"] > 0.85, (before, after)
 
 
@@ -141,7 +142,7 @@ def _params(root: Path, **sync):  # noqa: ANN003, ANN202
         "catalog": {"may": {"video": "z.mp4"}},
         "train": {"variants": {"static": {}}},
         "evaluate": {"variants": ["static"], "few_shot": {"variants": ["static"]}},
-        "sync_expert": {"subjects": ["tiny"], "steps": 6, "batch_size": 4, "crop_height": 16, "crop_width": 32, "width": 4,
+        "sync_expert": {"train": "always", "subjects": ["tiny"], "steps": 6, "batch_size": 4, "crop_height": 16, "crop_width": 32, "width": 4,
                         "embed_dim": 8, "jitter_px": 1, "checkpoint_every": 3, "negative_max_shift": 10, **sync},
     }  # fmt: skip
     return parse_params(data, str(root / "params.yaml"))
@@ -169,6 +170,26 @@ def test_stage_end_to_end_and_rerun(sync_root: Path):
     # no held-out subject enabled: the training subjects' test split, labelled so
     m = pipeline.sync_expert(_params(sync_root, eval_subjects=["may"]), sync_root, progress=False)
     assert not m["held_out_subjects"] and m["eval_subjects"] == ["tiny"] and "no held-out subject enabled" in m["protocol"]
+
+
+def test_auto_trains_only_for_a_variant_built_from_it(tmp_path: Path):
+    """``train: auto`` with no evaluated variant requiring the expert: none.json and metrics saying
+    why, in a second; an existing finished checkpoint is kept (the folder persists)."""
+    from talkgs import paths, pipeline
+    from talkgs.train.data import DataError
+
+    root = tmp_path / "root"
+    (root / paths.SYNC_EXPERT).mkdir(parents=True)
+    (root / paths.SYNC_EXPERT / "checkpoint.pt").write_bytes(b"an earlier expert")
+    m = pipeline.sync_expert(_params(root, train="auto"), root, progress=False)
+    assert m == {"trained": False}
+    none = json.loads((root / paths.SYNC_EXPERT / "none.json").read_text())
+    assert none["trained"] is False and "no evaluated variant" in none["reason"]
+    assert json.loads((root / paths.SYNC_EXPERT_METRICS).read_text())["trained"] is False
+    assert (root / paths.SYNC_EXPERT / "checkpoint.pt").read_bytes() == b"an earlier expert"
+    assert pipeline.asset_users(_params(root, train="auto"), "sync_expert") == []
+    with pytest.raises(DataError, match="dvc repro sync_expert"):  # what a variant needing it would get
+        pipeline._asset_source("sync_expert", root)
 
 
 def test_stage_resumes_a_killed_run(sync_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -228,11 +249,13 @@ def test_config_checks(tmp_path: Path):
         parse_params({**base, "sync_expert": {"subjects": ["tiny"], "frames": 4}})
     with pytest.raises(ConfigError, match=r"also training subjects"):
         parse_params({**base, "sync_expert": {"subjects": ["tiny"], "eval_subjects": ["tiny"]}})
-    # subject names are checked when the stage runs (a disabled demo must not make params.yaml invalid)
-    params = parse_params({**base, "sync_expert": {"subjects": ["may"]}})
+    # subject names are checked when the stage trains (a disabled demo must not make params.yaml invalid,
+    # nor break `dvc repro` when no variant needs the expert)
+    assert pipeline.sync_expert(parse_params({**base, "sync_expert": {"subjects": ["may"]}}), tmp_path, progress=False) == {"trained": False}
+    params = parse_params({**base, "sync_expert": {"train": "always", "subjects": ["may"]}})
     with pytest.raises(ConfigError, match=r"sync_expert\.subjects names 'may', not an enabled subject \(tiny\)\. It is in the catalog"):
         pipeline.sync_expert(params, tmp_path, progress=False)
-    params = parse_params({**base, "sync_expert": {"subjects": ["tiny"], "eval_subjects": ["nobody"]}})
+    params = parse_params({**base, "sync_expert": {"train": "always", "subjects": ["tiny"], "eval_subjects": ["nobody"]}})
     with pytest.raises(ConfigError, match=r"sync_expert\.eval_subjects names 'nobody', neither an enabled subject nor in the catalog"):
         pipeline.sync_expert(params, tmp_path, progress=False)
 

@@ -92,6 +92,25 @@ class Gain(PostModule):
         return outputs
 
 
+@dataclass(frozen=True)
+class FrozenTeacherConfig(LossConfig):
+    """A loss built from a pipeline asset (the shape of FG-3DGS's lip-sync loss on the sync
+    expert): it reads the file when built and keeps what it read."""
+
+    name: str = "test_frozen_teacher"
+    requires = ("sync_expert",)
+
+
+@register("loss", "test_frozen_teacher", FrozenTeacherConfig)
+class FrozenTeacher(Loss):
+    def __init__(self, cfg: FrozenTeacherConfig, *, assets: dict) -> None:
+        super().__init__(cfg)
+        self.target = float(assets["sync_expert"].read_text())
+
+    def forward(self, ctx: LossContext) -> Tensor:
+        return (ctx.pred.mean() - self.target) ** 2
+
+
 def _with_phases(v: VariantParams, *phases: PhaseParams, **kw) -> VariantParams:  # noqa: ANN003
     return dataclasses.replace(v, phases=tuple(phases), **kw)
 
@@ -162,6 +181,34 @@ def test_a_loss_that_owns_a_network_trains_it_and_resumes_exactly(tiny_subject, 
         assert torch.equal(a["model"][k], b["model"][k]), k
     for k in critic["module"]:
         assert torch.equal(critic["module"][k], b["losses"]["test_patch_critic"]["module"][k]), k
+
+
+def test_assets_reach_the_components_that_require_them_and_key_the_resume(tiny_subject, tiny_variant, tmp_path) -> None:
+    from talkgs.models.registry import required_assets
+
+    v = tiny_variant("static", steps_per_phase=4, checkpoint_every=100)
+    v = _with_phases(v, dataclasses.replace(v.phases[0], losses={"l1": 1.0, "test_frozen_teacher": 1.0}))
+    assert v.required_assets() == ("sync_expert",)
+    assert required_assets([v.model, {"x": FrozenTeacherConfig()}]) == ("sync_expert",)
+    assert tiny_variant("static").required_assets() == ()
+    with pytest.raises(ConfigError, match=r"built from the pipeline asset 'sync_expert' \(the audio-visual sync expert"):
+        train(tiny_subject, tmp_path / "m", v, progress=False)
+    from talkgs.train.data import DataError
+
+    with pytest.raises(DataError, match=r"nope\.pt not found: the asset 'sync_expert'"):
+        train(tiny_subject, tmp_path / "m", v, progress=False, assets={"sync_expert": tmp_path / "nope.pt"})
+    asset = tmp_path / "teacher.txt"
+    asset.write_text("0.25")
+    seen: list[dict] = []
+    train(tiny_subject, tmp_path / "m", v, progress=False, assets={"sync_expert": asset}, on_step=lambda s, l: seen.append(l))
+    n = v.total_iterations
+    assert len(seen) == n and all(np.isfinite(r["test_frozen_teacher"]) for r in seen)
+    h1 = load_checkpoint(tmp_path / "m" / "checkpoint.pt")["config_hash"]
+    train(tiny_subject, tmp_path / "m", v, progress=False, assets={"sync_expert": asset}, on_step=lambda s, l: seen.append(l))
+    assert len(seen) == n, "same asset: the finished run resumes (nothing to train)"
+    asset.write_text("0.75")  # a retrained asset: the run starts over instead of resuming a stale model
+    train(tiny_subject, tmp_path / "m", v, progress=False, assets={"sync_expert": asset}, on_step=lambda s, l: seen.append(l))
+    assert len(seen) == 2 * n and load_checkpoint(tmp_path / "m" / "checkpoint.pt")["config_hash"] != h1
 
 
 def test_a_phase_that_does_not_render_trains_its_groups(tiny_subject, tiny_variant, tmp_path, monkeypatch) -> None:

@@ -144,7 +144,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_sync_expert(args: argparse.Namespace) -> int:
     from talkgs import pipeline
 
-    m = pipeline.sync_expert(_params(args), args.root, progress=not args.quiet)
+    m = pipeline.sync_expert(_params(args), args.root, progress=not args.quiet, always=True)
     print(f"sync expert: accuracy {m['accuracy']} (pairwise {m['pairwise_accuracy']}, chance {m['chance']}); {m['protocol']}")
     return 0
 
@@ -299,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run stage sync_expert outside DVC (prefer `dvc repro sync_expert`): train the "
                        "audio-window <-> mouth-crop sync expert on the training splits of sync_expert.subjects (or load "
                        "sync_expert.weights), write models/sync_expert/ and its held-out sync accuracy to "
-                       "metrics/sync_expert.json. Resumes a killed run.")  # fmt: skip
+                       "metrics/sync_expert.json. Resumes a killed run. Trains even when no evaluated variant needs it "
+                       "(sync_expert.train: auto skips it then in `dvc repro`).")  # fmt: skip
     s.set_defaults(func=cmd_sync_expert)
 
     s = sub.add_parser("synthesize", help="drive a trained head with any audio into an mp4 (H.264 + AAC)",

@@ -8,6 +8,7 @@ root, resolves paths with :mod:`talkgs.paths` and calls one library function. Th
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 from talkgs import paths
@@ -140,6 +141,7 @@ def train(params: Params, subject: str, variant: str, root: Path, *, progress: b
     result = _train(
         paths.subject_dir(subject, root), out, v, resume=True, progress=progress,
         seed=params.train.seed, device=params.train.device, train_seconds=fewshot, init_from=init, timings=timings,
+        assets=_variant_assets(v, variant, root),
     )  # fmt: skip
     if fewshot is None:  # the training curves as a DVC plot (outside the persisted model folder)
         write_bytes(paths.train_plot(subject, variant, root), (out / "curves.csv").read_bytes())
@@ -165,11 +167,53 @@ def _init_from(v, variant: str, root: Path) -> Path | None:  # noqa: ANN001 - Va
     return ck
 
 
+def _asset_source(name: str, root: Path) -> Path:
+    """The file a stage produced for pipeline asset ``name`` (:data:`talkgs.models.registry.ASSETS`)."""
+    from talkgs.train.data import DataError
+
+    if name == "sync_expert":
+        out = root / paths.SYNC_EXPERT
+        ck = out / "checkpoint.pt"
+        if (out / "none.json").is_file() or not ck.is_file():
+            raise DataError(f"{ck} not found: the sync expert has not been trained; run `dvc repro sync_expert` (it trains when an evaluated variant needs it)")
+        return ck
+    raise ValueError(f"no stage produces the asset {name!r}")
+
+
+def _variant_assets(v, variant: str, root: Path) -> dict[str, Path]:  # noqa: ANN001 - VariantParams
+    """The assets of ``variant`` as its ``pretrain@<V>`` stage copied them (``models/pretrain/<V>/assets/``)."""
+    from talkgs.train.data import DataError
+
+    out = {}
+    for name in v.required_assets():
+        p = paths.pretrain_dir(variant, root) / "assets" / f"{name}.pt"
+        if not p.is_file():
+            raise DataError(f"{p} not found: the variant {variant!r} is built from the asset {name!r}; run `dvc repro pretrain@{variant}` first")
+        out[name] = p
+    return out
+
+
+def _copy_assets(v, dest: Path, root: Path) -> dict[str, str]:  # noqa: ANN001 - VariantParams
+    """Copy the assets the variant requires into ``dest/assets/`` (atomic per file); name -> source."""
+    from talkgs.io.atomic import atomic_path
+
+    copied = {}
+    for name in v.required_assets():
+        src = _asset_source(name, root)
+        (dest / "assets").mkdir(parents=True, exist_ok=True)
+        with atomic_path(dest / "assets" / f"{name}.pt") as tmp:
+            shutil.copyfile(src, tmp)
+        copied[name] = str(src.relative_to(root)) if src.is_relative_to(root) else str(src)
+    return copied
+
+
 def pretrain(params: Params, variant: str, root: Path, *, progress: bool = True) -> dict:
     """Stage ``pretrain@<V>``: train ``variant`` across the subjects of its ``pretrain.subjects``
     (one identity each) into ``models/pretrain/<V>/``. A variant without pretraining gets
     ``none.json`` there instead (every evaluated variant has this stage, so ``train@S-V``
-    depends on it uniformly); it takes a second."""
+    depends on it uniformly); it takes a second. Either way the pipeline assets the variant is
+    built from (the sync expert) are copied into ``assets/`` there: ``train@S-V`` reruns when
+    they change, and only for the variants that use them."""
     from talkgs.io.atomic import atomic_dir, sweep_temp, write_json
 
     out = paths.pretrain_dir(variant, root)
@@ -178,7 +222,9 @@ def pretrain(params: Params, variant: str, root: Path, *, progress: bool = True)
     v = params.train.variant(variant)
     if not v.pretrain.subjects:
         with atomic_dir(out) as tmp:
-            write_json(tmp / "none.json", {"variant": variant, "pretrained": False, "reason": f"train.variants.{variant} has no pretrain.subjects"})
+            copied = _copy_assets(v, tmp, root)
+            write_json(tmp / "none.json", {"variant": variant, "pretrained": False, "reason": f"train.variants.{variant} has no pretrain.subjects",
+                                          **({"assets": copied} if copied else {})})  # fmt: skip
         write_json(timings, {"elapsed_s": None, "reason": f"not pretrained: train.variants.{variant} has no pretrain.subjects"})
         log.info("pretrain %s: no pretrain.subjects, nothing to train", variant)
         return {"pretrained": False}
@@ -187,9 +233,10 @@ def pretrain(params: Params, variant: str, root: Path, *, progress: bool = True)
     for s in v.pretrain.subjects:
         params.subject(s)  # enabled (a clear error otherwise)
     (out / "none.json").unlink(missing_ok=True)
+    _copy_assets(v, out, root)
     result = _train(
         [paths.subject_dir(s, root) for s in v.pretrain.subjects], out, v.pretraining(), resume=True, progress=progress,
-        seed=params.train.seed, device=params.train.device, timings=timings,
+        seed=params.train.seed, device=params.train.device, timings=timings, assets=_variant_assets(v, variant, root),
     )  # fmt: skip
     log.info("pretrain %s on %s -> %s", variant, ", ".join(v.pretrain.subjects), out)
     return result
@@ -293,11 +340,19 @@ def report(params: Params, root: Path, *, progress: bool = True) -> dict:
     return {k: str(v) for k, v in written.items()}
 
 
-def sync_expert(params: Params, root: Path, *, progress: bool = True) -> dict:
+def asset_users(params: Params, asset: str) -> list[str]:
+    """The evaluated variants (``evaluate.variants`` and the few-shot ones) built from ``asset``."""
+    names = dict.fromkeys([*params.evaluate.variants, *params.evaluate.few_shot.variants])
+    return [n for n in names if asset in params.train.variant(n).required_assets()]
+
+
+def sync_expert(params: Params, root: Path, *, progress: bool = True, always: bool = False) -> dict:
     """Stage ``sync_expert``: the audio-visual sync expert (:mod:`talkgs.sync`) trained on the training
     splits of ``sync_expert.subjects`` (or loaded from ``sync_expert.weights``) into
     ``models/sync_expert/``; its held-out sync accuracy into ``metrics/sync_expert.json`` (on the test
-    splits of the enabled ``eval_subjects``; none: of the training subjects, labelled so)."""
+    splits of the enabled ``eval_subjects``; none: of the training subjects, labelled so).
+    ``sync_expert.train: auto`` (unless ``always``): only when an evaluated variant is built from it
+    (:func:`asset_users`); otherwise ``none.json`` and metrics saying why."""
     from talkgs.io.atomic import sweep_temp
     from talkgs.sync.train import run_sync_expert
 
@@ -306,6 +361,21 @@ def sync_expert(params: Params, root: Path, *, progress: bool = True) -> dict:
     sweep_temp(out, metrics, timings)
     from talkgs.config import ConfigError, closest_hint
 
+    users = asset_users(params, "sync_expert")
+    if se.train == "auto" and not users and not always:
+        from talkgs.io.atomic import write_json
+
+        reason = ("sync_expert.train is auto and no evaluated variant (evaluate.variants, evaluate.few_shot.variants) is built "
+                  "from the sync expert: not trained (set sync_expert.train: always to train it anyway)")  # fmt: skip
+        out.mkdir(parents=True, exist_ok=True)  # a persisted folder: an earlier finished checkpoint stays for when it is needed again
+        write_json(out / "none.json", {"trained": False, "reason": reason})
+        write_json(metrics, {"trained": False, "reason": reason})
+        write_json(timings, {"elapsed_s": None, "reason": f"not trained: {reason}"})
+        log.info("sync_expert: %s", reason)
+        return {"trained": False}
+    (out / "none.json").unlink(missing_ok=True)
+    if users:
+        log.info("sync_expert: needed by %s", ", ".join(users))
     for s in se.subjects:  # checked here, not when params.yaml loads: disabling a subject must not break the file
         if s not in params.subjects:
             hint = f" It is in the catalog: run `talkgs subjects enable {s}`." if s in params.catalog else closest_hint(s, list(params.subjects))

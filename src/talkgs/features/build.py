@@ -15,7 +15,6 @@ audio), with the same encoder settings.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from talkgs.features import audio as audio_mod
 from talkgs.features.cache import FramesTable, write_audio_table, write_frames_table
 from talkgs.features.signals import EXPRESSION_NAMES, FaceSignals, blink_peaks, face_signals
 from talkgs.io.atomic import atomic_dir, write_json
+from talkgs.io.digest import sha256_file
 from talkgs.preprocess import facemesh as fm
 from talkgs.preprocess.errors import InputError
 from talkgs.preprocess.track import ExtractInfo, load_track, read_extract
@@ -90,14 +90,6 @@ class FeaturesParams:
         )  # fmt: skip
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _audio_meta(enc: audio_mod.AudioEncoder, params: audio_mod.AudioEncoderParams, source: Path) -> dict[str, Any]:
     return {
         **enc.describe(),
@@ -108,7 +100,7 @@ def _audio_meta(enc: audio_mod.AudioEncoder, params: audio_mod.AudioEncoderParam
         "alignment": "features[i, k] = encoder frame m0_i + k, m0_i = floor((i + 0.5) * sample_rate / fps / hop "
         "- window / 2 + 0.5); encoder frame m covers samples [m * hop, (m + 1) * hop); zeros outside the audio",
         "source": str(source),
-        "source_sha256": _sha256(source),
+        "source_sha256": sha256_file(source),
         "params": dataclasses.asdict(params),
     }
 

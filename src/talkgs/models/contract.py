@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar
 
@@ -298,6 +299,9 @@ class BuildContext:
             Gaussian counts and every value comes from the checkpoint).
         stats: per-identity training statistics (None when loading).
         sizes: Gaussian-set name → N (loading only).
+        assets: pipeline assets by name (:data:`talkgs.models.registry.ASSETS`: files of other
+            stages, e.g. the sync expert) for the components that declare them in ``requires``;
+            empty when loading (a component keeps what it read from them in its own state).
     """
 
     audio_window: int
@@ -307,10 +311,21 @@ class BuildContext:
     point_cloud: Callable[[int, PointCloudSpec], tuple[Tensor, Tensor, Tensor]] | None = None
     stats: list[IdentityStats] | None = None
     sizes: dict[str, int] | None = None
+    assets: Mapping[str, Path] = field(default_factory=dict)
 
     @property
     def loading(self) -> bool:
         return self.point_cloud is None
+
+    def asset(self, name: str, who: str) -> Path:
+        """The file of asset ``name`` for component ``who`` (a clear error when it was not given)."""
+        p = self.assets.get(name)
+        if p is None:
+            raise ConfigError(
+                f"{who} is built from the pipeline asset {name!r} but none was given: run it through `dvc repro` "
+                f"(the pretrain@<variant> stage provides it), or pass assets={{{name!r}: path}} to talkgs.train.loop.train"
+            )
+        return Path(p)
 
     def initial_points(self, identity: int, spec: PointCloudSpec, set_name: str) -> tuple[Tensor, Tensor, Tensor]:
         """The initial cloud of a Gaussian set (placeholders of the checkpoint's size when loading)."""

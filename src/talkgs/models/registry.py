@@ -63,6 +63,8 @@ __all__ = [
     "KINDS",
     "COMPONENT_PACKAGES",
     "RegistryError",
+    "ASSETS",
+    "required_assets",
 ]
 
 KINDS: tuple[str, ...] = (
@@ -117,6 +119,9 @@ class ComponentConfig:
     name: str = ""
     kind: ClassVar[str] = ""
     default: ClassVar[str] = ""
+    requires: ClassVar[tuple[str, ...]] = ()
+    """Pipeline assets (:data:`ASSETS`) the component is built from: frozen networks another stage
+    trains (a model reads them at build time and keeps their weights in its own checkpoint)."""
 
     @classmethod
     def __from_config__(cls, value: Any, where: str) -> ComponentConfig:
@@ -143,6 +148,40 @@ class ComponentConfig:
     def __post_init__(self) -> None:
         if not self.name:
             raise ValueError(f"{type(self).__name__}: 'name' must be set (the registered component it configures)")
+
+
+ASSETS: dict[str, str] = {
+    "sync_expert": "the audio-visual sync expert (stage sync_expert, models/sync_expert/checkpoint.pt)",
+}
+"""Files a stage hands to the components that declare them in ``requires``: name -> what it is.
+The ``pretrain@<V>`` stage copies each asset a variant requires into ``models/pretrain/<V>/assets/``
+(so ``train@<S>-<V>`` depends on it through that stage only) and the trainer passes them on
+(:class:`talkgs.models.contract.BuildContext` ``assets``; losses get ``assets=``)."""
+
+
+def required_assets(cfg: Any) -> tuple[str, ...]:
+    """The assets of every component config inside ``cfg`` (dataclasses, mappings, sequences;
+    sorted, each once)."""
+    found: set[str] = set()
+
+    def walk(x: Any) -> None:
+        if isinstance(x, ComponentConfig):
+            found.update(type(x).requires)
+        if dataclasses.is_dataclass(x) and not isinstance(x, type):
+            for f in dataclasses.fields(x):
+                walk(getattr(x, f.name))
+        elif isinstance(x, dict):
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                walk(v)
+
+    walk(cfg)
+    unknown = sorted(found - set(ASSETS))
+    if unknown:
+        raise RegistryError(f"components require unknown assets {unknown}; known: {', '.join(ASSETS)}")
+    return tuple(sorted(found))
 
 
 def _check_kind(kind: str) -> None:

@@ -46,7 +46,6 @@ Warnings are logged and listed in ``meta.json["warnings"]``.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import math
 import time
@@ -59,6 +58,7 @@ import numpy as np
 
 from talkgs.configlib import COUNT, FPS, FRAME_PIXELS, MAX_PIXELS, PROBABILITY, Range
 from talkgs.io.atomic import atomic_dir, write_json
+from talkgs.io.digest import sha256_file
 from talkgs.io.media import MediaError, write_wav
 from talkgs.io.video import FrameReader, PacketTimes, VideoProbe, packet_times, probe, read_audio
 from talkgs.preprocess.errors import InputError
@@ -150,14 +150,6 @@ class ExtractParams:
 
 # ----------------------------------------------------------------------------------------------
 # small helpers
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def split_indices(n_frames: int, test_fraction: float) -> tuple[int, int]:

@@ -47,6 +47,10 @@ SHIFT = Range(1, 250, unit="frames")
 class SyncExpertParams:
     """``params.yaml: sync_expert``: the audio-visual sync expert (stage ``sync_expert``)."""
 
+    train: Literal["auto", "always"] = "auto"
+    """``auto``: train only when an evaluated variant is built from the expert (SyncGaussian's
+    sync-enhanced encoder, FG-3DGS's lip-sync loss), otherwise write ``none.json`` in a second;
+    ``always``: train it anyway (to read its held-out accuracy)."""
     subjects: list[str] = field(default_factory=lambda: ["demo"])
     """Enabled subjects whose training splits it trains on (all pooled)."""
     eval_subjects: list[str] = field(default_factory=list)
@@ -289,7 +293,7 @@ def run_sync_expert(
     margin = params.jitter_px if weights is None else 0
     train_clips = [load_clip(d, spec, margin=margin, progress=progress) for d in train_dirs]
     eval_clips = [load_clip(d, spec, margin=margin, progress=progress) for d in eval_dirs]
-    cfg = {k: v for k, v in to_dict(params).items() if k != "device"}
+    cfg = {k: v for k, v in to_dict(params).items() if k not in ("device", "train")}  # where and whether, not what
     data_fp = [[c.name, len(c.crops), len(c.train), len(c.test)] for c in train_clips]
     chash = config_hash({"config": cfg, "spec": spec, "data": data_fp, "weights": str(weights) if weights else None})
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -39,18 +39,19 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from talkgs.configlib import dump_yaml, to_dict
+from talkgs.configlib import ConfigError, dump_yaml, to_dict
 from talkgs.io.atomic import sweep_temp, write_json, write_text
+from talkgs.io.digest import sha256_file
 from talkgs.models.contract import Batch, BuildContext, Callback, Loss, LossContext, Outputs, PointCloudSpec, RenderSettings
 from talkgs.models.model import TalkingModel
-from talkgs.models.registry import build
+from talkgs.models.registry import ASSETS, build
 from talkgs.train.checkpoint import config_hash, load_checkpoint, save_checkpoint
 from talkgs.train.data import SubjectData, frame_pool, load_subject, make_batch
 from talkgs.train.density import Densify
@@ -67,9 +68,12 @@ __all__ = ["train", "build_model", "load_model", "render_frame", "render_eps2d",
 # model construction / rendering (shared with synthesis)
 
 
-def build_model(variant: VariantParams, datasets: SubjectData | Sequence[SubjectData], seed: int) -> TalkingModel:
+def build_model(
+    variant: VariantParams, datasets: SubjectData | Sequence[SubjectData], seed: int, assets: Mapping[str, Path] | None = None
+) -> TalkingModel:
     """A freshly initialised model for one subject, or for several (one identity each);
-    deterministic in ``seed``."""
+    deterministic in ``seed``. ``assets``: the pipeline files its components require
+    (:meth:`VariantParams.required_assets`)."""
     datasets = [datasets] if isinstance(datasets, SubjectData) else list(datasets)
     d0 = datasets[0]
     for d in datasets[1:]:
@@ -85,7 +89,7 @@ def build_model(variant: VariantParams, datasets: SubjectData | Sequence[Subject
 
     ctx = BuildContext(
         audio_window=d0.audio_window, audio_dim=d0.audio_dim, expression_dim=d0.expression_dim, n_identities=len(datasets),
-        point_cloud=point_cloud, stats=[d.stats() for d in datasets],
+        point_cloud=point_cloud, stats=[d.stats() for d in datasets], assets=dict(assets or {}),
     )  # fmt: skip
     torch.manual_seed(seed)
     head = build("head", variant.model, ctx=ctx)
@@ -249,11 +253,28 @@ def _fingerprint(data: SubjectData) -> dict[str, Any]:
     }
 
 
+def _check_assets(variant: VariantParams, assets: Mapping[str, str | Path] | None) -> dict[str, Path]:
+    """The assets the variant requires, as paths; a missing one is a clear error (unrequired ones
+    are left out: they must not change the config hash)."""
+    from talkgs.train.data import DataError
+
+    given = {k: Path(v) for k, v in (assets or {}).items()}
+    out: dict[str, Path] = {}
+    for name in variant.required_assets():
+        p = given.get(name)
+        if p is None:
+            raise ConfigError(f"the variant's components are built from the pipeline asset {name!r} ({ASSETS[name]}); none was given")
+        if not p.is_file():
+            raise DataError(f"{p} not found: the asset {name!r} ({ASSETS[name]}); run `dvc repro` (its pretrain@<variant> stage copies it)")
+        out[name] = p
+    return out
+
+
 class _Losses:
     """The losses of a run: registered loss modules by the name phases weight them with, plus
     the head's own; losses that own networks get an optimizer each."""
 
-    def __init__(self, variant: VariantParams, names: list[str], device: torch.device, seed: int) -> None:
+    def __init__(self, variant: VariantParams, names: list[str], device: torch.device, seed: int, assets: Mapping[str, Path] | None = None) -> None:
         self.modules: dict[str, Loss] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         for k, n in enumerate(names):
@@ -262,7 +283,7 @@ class _Losses:
                 continue  # the head's own
             with torch.random.fork_rng(devices=[]):  # a loss's own network starts the same in every run of the seed
                 torch.manual_seed(seed * 7 + 1000 + k)
-                m = build("loss", cfg).to(device)
+                m = (build("loss", cfg, assets=dict(assets or {})) if type(cfg).requires else build("loss", cfg)).to(device)
             self.modules[n] = m
             if m.owns_parameters:
                 self.optimizers[n] = torch.optim.Adam(m.parameters(), lr=cfg.learning_rate)
@@ -295,6 +316,7 @@ def train(
     train_seconds: float | None = None,
     init_from: str | Path | None = None,
     timings: str | Path | None = None,
+    assets: Mapping[str, str | Path] | None = None,
 ) -> dict[str, Any]:
     """Train ``variant`` on a subject (or on several: cross-subject pretraining, one identity
     each); write ``checkpoint.pt``, ``config.yaml``, ``curves.csv``.
@@ -322,6 +344,9 @@ def train(
             ``steps``, ``it_s``, ``phases`` (each phase's steps and seconds), ``finished``,
             ``config_hash``. A finished run that is resumed (nothing to train) leaves an existing
             file of the same config as it is; without one the time is ``null`` with the reason.
+        assets: the pipeline files (name -> path) the variant's components are built from
+            (:meth:`VariantParams.required_assets`, e.g. the sync expert); their contents are part
+            of the config hash, so a changed asset starts the run over instead of resuming.
 
     Returns:
         Summary: steps, finished, gaussians, elapsed_s, it_s (mean), final losses, paths.
@@ -334,9 +359,10 @@ def train(
     out_dir = Path(out_dir)
     sweep_temp(out_dir)  # e.g. a half-written checkpoint of a killed run (the folder persists across runs)
     device = torch.device(device)
+    asset_paths = _check_assets(variant, assets)
     # losses first: a missing LPIPS backbone stops the run before any work
     loss_names = sorted({n for ph in variant.phases for n, w in ph.losses.items() if w > 0})
-    losses = _Losses(variant, loss_names, device, seed)
+    losses = _Losses(variant, loss_names, device, seed, asset_paths)
     zero = sorted({n for ph in variant.phases for n, w in ph.losses.items() if w == 0})
     if zero:
         log.info("losses with weight 0 in every phase (not computed): %s", ", ".join(zero))
@@ -367,12 +393,14 @@ def train(
     hashed: dict[str, Any] = {"variant": cfg, "seed": seed, "data": fp}
     if init_ck is not None:
         hashed["init_from"] = init_ck["config_hash"]
+    if asset_paths:
+        hashed["assets"] = {k: sha256_file(p) for k, p in asset_paths.items()}
     chash = config_hash(hashed)
     ckpt_path = out_dir / "checkpoint.pt"
     total = variant.total_iterations
     stop = total if until_step is None else min(total, int(until_step))
 
-    model = build_model(variant, datasets, seed)
+    model = build_model(variant, datasets, seed, asset_paths)
     head = model.head
     extent = float(getattr(head, "scene_extent", 1.0))
     if init_ck is not None:

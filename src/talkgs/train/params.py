@@ -30,7 +30,7 @@ from talkgs.configlib import (
 )  # fmt: skip
 from talkgs.models.contract import CallbackConfig, HeadConfig, LossConfig, PostConfig, PresetKnobs, SamplerConfig
 from talkgs.models.heads.deformable import DeformableHeadConfig
-from talkgs.models.registry import RegistryError, config_class, names
+from talkgs.models.registry import RegistryError, config_class, names, required_assets
 from talkgs.train.samplers import UniformConfig
 
 __all__ = [
@@ -283,6 +283,12 @@ class VariantParams:
     @property
     def total_iterations(self) -> int:
         return sum(p.iterations for p in self.phases)
+
+    def required_assets(self) -> tuple[str, ...]:
+        """Pipeline assets (:data:`talkgs.models.registry.ASSETS`) the head, the losses of every
+        phase and the post modules are built from."""
+        losses = [self.loss_config(n) for ph in (*self.phases, *(self.pretrain.phases or ())) for n in ph.losses]
+        return required_assets([self.model, list(self.post), [c for c in losses if c is not None]])
 
     def pretraining(self) -> VariantParams:
         """This variant as its cross-subject pretraining run (its ``pretrain.phases``)."""
