@@ -13,15 +13,29 @@ from talkgs.configlib import WIDTH
 from talkgs.models.conditioning.base import ConditionConfig, FrameCondition
 from talkgs.models.registry import ComponentConfig, build, register
 
-__all__ = ["AudioWindowEncoder", "AudioEncoderConfig", "WindowConvConfig", "AudioToken", "AudioTokenConfig"]
+__all__ = ["AudioWindowEncoder", "AudioEncoderConfig", "WindowConvConfig", "AudioToken", "AudioTokenConfig", "build_audio_encoder"]
 
 
 @dataclass(frozen=True)
 class AudioEncoderConfig(ComponentConfig):
-    """An audio window encoder (registry kind ``audio_encoder``; default ``window_conv``)."""
+    """An audio window encoder (registry kind ``audio_encoder``; default ``window_conv``).
+
+    An encoder is ``factory(cfg, *, in_dim, window, dim)`` (plus ``ctx``, the head's
+    :class:`~talkgs.models.contract.BuildContext`, when its config ``requires`` pipeline assets)
+    with ``forward(x [B, W, C]) -> [B, D]`` and optionally ``fit(audio [T, W, C])`` (input
+    statistics) and ``forward_pair(x) -> (y [B, D], target [B, D] | None)``: its output and the
+    feature the output is tied to by a similarity loss (SyncGaussian's ``L_ah``; see
+    :class:`talkgs.models.deformers.talkinggaussian.SmoothedAudio`).
+    """
 
     kind: ClassVar[str] = "audio_encoder"
     default: ClassVar[str] = "window_conv"
+
+
+def build_audio_encoder(cfg: AudioEncoderConfig, *, in_dim: int, window: int, dim: int, ctx: Any = None) -> nn.Module:
+    """Build an audio encoder; the head's build context goes to those that require assets."""
+    extra = {"ctx": ctx} if cfg.requires else {}
+    return build("audio_encoder", cfg, in_dim=in_dim, window=window, dim=dim, **extra)
 
 
 @dataclass(frozen=True)
@@ -110,7 +124,7 @@ class AudioToken(nn.Module):
 
     def __init__(self, cfg: AudioTokenConfig, *, dim: int, ctx: Any) -> None:
         super().__init__()
-        self.encoder = build("audio_encoder", cfg.encoder, in_dim=ctx.audio_dim, window=ctx.audio_window, dim=dim)
+        self.encoder = build_audio_encoder(cfg.encoder, in_dim=ctx.audio_dim, window=ctx.audio_window, dim=dim, ctx=ctx)
 
     def fit(self, stats: Any) -> None:
         """Input statistics from the training windows (``stats.audio [T, W, C]``)."""

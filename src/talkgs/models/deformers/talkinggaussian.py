@@ -28,13 +28,15 @@ and small); Δμ is scaled by 0.1 x the scene extent (the official 1e-2 in its �
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Any
 
 import torch
 from torch import Tensor, nn
 
+from torch.nn import functional as F
+
 from talkgs.configlib import NON_NEGATIVE, POSITIVE, WIDTH, Range
-from talkgs.models.conditioning.audio import AudioWindowEncoder, WindowConvConfig
+from talkgs.models.conditioning.audio import AudioEncoderConfig, WindowConvConfig, build_audio_encoder
 from talkgs.models.encoders.hashgrid import TriplaneHashGrid, TriplaneHashGridConfig
 
 __all__ = ["AudioAttention", "SmoothedAudio", "FaceMotionNet", "MouthMotionNet", "FaceMotionConfig", "MouthMotionConfig", "bias_free_mlp"]
@@ -77,20 +79,37 @@ class AudioAttention(nn.Module):
 
 class SmoothedAudio(nn.Module):
     """The audio feature of a frame: each of its ``S`` neighbouring windows through the window
-    encoder, then :class:`AudioAttention` over them. Parameter groups: ``encoder`` and ``att``."""
+    encoder (any ``audio_encoder`` component), then :class:`AudioAttention` over them (the
+    "Match-ATT" of SyncTalk / SyncGaussian). Parameter groups: ``encoder`` and ``att``.
 
-    def __init__(self, encoder: WindowConvConfig, *, in_dim: int, window: int, dim: int, seq_len: int) -> None:
+    An encoder with ``forward_pair`` also gives the feature its output is tied to; both go through
+    the same attention and :meth:`forward_aux` returns ``1 - cos`` of the two (SyncGaussian eq. 4,
+    ``L_ah = 1 - cos(a, a_ave)``) beside the feature."""
+
+    def __init__(self, encoder: AudioEncoderConfig, *, in_dim: int, window: int, dim: int, seq_len: int, ctx: Any = None) -> None:
         super().__init__()
-        self.encoder = AudioWindowEncoder(encoder, in_dim=in_dim, window=window, dim=dim)
+        self.encoder = build_audio_encoder(encoder, in_dim=in_dim, window=window, dim=dim, ctx=ctx)
         self.att = AudioAttention(dim, seq_len)
         self.seq_len = seq_len
 
     def fit(self, audio: Tensor) -> None:
-        self.encoder.fit(audio)
+        if hasattr(self.encoder, "fit"):
+            self.encoder.fit(audio)
 
     def forward(self, audio_seq: Tensor) -> Tensor:
         """``[S, W, C]`` → ``[D]``."""
-        return self.att(self.encoder(audio_seq))
+        return self.forward_aux(audio_seq)[0]
+
+    def forward_aux(self, audio_seq: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``[S, W, C]`` → (``[D]``, the encoder's similarity loss or None)."""
+        pair = getattr(self.encoder, "forward_pair", None)
+        if pair is None:
+            return self.att(self.encoder(audio_seq)), None
+        y, target = pair(audio_seq)
+        a = self.att(y)
+        if target is None:
+            return a, None
+        return a, 1.0 - F.cosine_similarity(a, self.att(target), dim=0)
 
 
 @dataclass(frozen=True)
@@ -99,8 +118,9 @@ class FaceMotionConfig:
 
     grid: TriplaneHashGridConfig = field(default_factory=TriplaneHashGridConfig)
     """Tri-plane hash grid (12 levels x 1 feature per plane, resolution 16 → 38.4)."""
-    audio: WindowConvConfig = field(default_factory=WindowConvConfig)
-    """Per-frame audio window encoder."""
+    audio: AudioEncoderConfig = field(default_factory=WindowConvConfig)
+    """Per-frame audio window encoder (registry kind ``audio_encoder``; SyncGaussian:
+    ``sync_enhanced``)."""
     audio_dim: Annotated[int, WIDTH] = 32
     """Audio feature size (TalkingGaussian: 32)."""
     exp_hidden: Annotated[int, WIDTH] = 16
@@ -125,7 +145,8 @@ class MouthMotionConfig:
 
     grid: TriplaneHashGridConfig = field(default_factory=lambda: TriplaneHashGridConfig(base_resolution=64.0, max_resolution=57.6))
     """Tri-plane hash grid (TalkingGaussian: resolution 64 → 57.6, all levels dense)."""
-    audio: WindowConvConfig = field(default_factory=WindowConvConfig)
+    audio: AudioEncoderConfig = field(default_factory=WindowConvConfig)
+    """Per-frame audio window encoder (registry kind ``audio_encoder``)."""
     audio_dim: Annotated[int, WIDTH] = 32
     hidden: Annotated[int, WIDTH] = 32
     """Width of MLP_σ (68 → 32 → 32 → 3)."""
@@ -152,15 +173,18 @@ class _MotionBase(nn.Module):
 
 class FaceMotionNet(_MotionBase):
     """Face-branch offsets. ``forward(means [N, 3], audio_seq [S, W, C], expression [E + 1])``
-    → ``{"means", "quats", "log_scales", "opacity_logits"}`` offsets and the per-Gaussian
-    attention norms ``attention [N, 2]`` (‖a-gate‖, ‖e-gate‖)."""
+    → ``{"means", "quats", "log_scales", "opacity_logits"}`` offsets, the per-Gaussian
+    attention norms ``attention [N, 2]`` (‖a-gate‖, ‖e-gate‖) and, when its audio encoder ties
+    its output to a target (``forward_pair``), that similarity loss ``audio_loss``."""
 
-    def __init__(self, cfg: FaceMotionConfig, *, audio_window: int, audio_dim: int, expression_dim: int, seq_len: int, extent: float) -> None:
+    def __init__(
+        self, cfg: FaceMotionConfig, *, audio_window: int, audio_dim: int, expression_dim: int, seq_len: int, extent: float, ctx: Any = None
+    ) -> None:
         super().__init__()
         self.cfg = cfg
         self.grid = TriplaneHashGrid(cfg.grid)
         f = self.grid.out_dim
-        self.audio = SmoothedAudio(cfg.audio, in_dim=audio_dim, window=audio_window, dim=cfg.audio_dim, seq_len=seq_len)
+        self.audio = SmoothedAudio(cfg.audio, in_dim=audio_dim, window=audio_window, dim=cfg.audio_dim, seq_len=seq_len, ctx=ctx)
         e = expression_dim
         self.exp_encode = bias_free_mlp(e, cfg.exp_hidden, e, 2) if e > 0 else None
         self.audio_att = bias_free_mlp(f, cfg.audio_att_hidden, cfg.audio_dim, 2)
@@ -172,7 +196,7 @@ class FaceMotionNet(_MotionBase):
     def forward(self, means: Tensor, audio_seq: Tensor, expression: Tensor) -> dict[str, Tensor]:
         n = means.shape[0]
         f = self.grid(means)
-        a = self.audio(audio_seq)  # [D]
+        a, audio_loss = self.audio.forward_aux(audio_seq)  # [D]
         e = expression
         if self.exp_encode is not None and e.shape[0] > 1:
             e = torch.cat([self.exp_encode(e[:-1]), e[-1:]])
@@ -180,7 +204,7 @@ class FaceMotionNet(_MotionBase):
         e_gate = torch.relu(self.exp_att(f))  # [N, E+1]
         h = torch.cat([f, a[None].expand(n, -1) * a_gate, e[None].expand(n, -1) * e_gate], dim=-1)
         out = self.sigma(h)
-        return {
+        res = {
             "means": out[:, 0:3] * (self.cfg.offset_scale * self.extent),
             "quats": out[:, 3:7],
             "opacity_logits": out[:, 7],
@@ -188,17 +212,21 @@ class FaceMotionNet(_MotionBase):
             "attention": torch.stack([a_gate.norm(dim=-1), e_gate.norm(dim=-1)], dim=-1),
             "raw_means": out[:, 0:3] * self.cfg.offset_scale,
         }
+        if audio_loss is not None:
+            res["audio_loss"] = audio_loss
+        return res
 
 
 class MouthMotionNet(_MotionBase):
-    """Inside-mouth offsets: ``forward(means [N, 3], audio_seq [S, W, C])`` → ``{"means"}``."""
+    """Inside-mouth offsets: ``forward(means [N, 3], audio_seq [S, W, C])`` → ``{"means"}`` (and
+    ``audio_loss`` as the face branch's)."""
 
-    def __init__(self, cfg: MouthMotionConfig, *, audio_window: int, audio_dim: int, seq_len: int, extent: float) -> None:
+    def __init__(self, cfg: MouthMotionConfig, *, audio_window: int, audio_dim: int, seq_len: int, extent: float, ctx: Any = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.grid = TriplaneHashGrid(cfg.grid)
         f = self.grid.out_dim
-        self.audio = SmoothedAudio(cfg.audio, in_dim=audio_dim, window=audio_window, dim=cfg.audio_dim, seq_len=seq_len)
+        self.audio = SmoothedAudio(cfg.audio, in_dim=audio_dim, window=audio_window, dim=cfg.audio_dim, seq_len=seq_len, ctx=ctx)
         self.sigma = bias_free_mlp(f + cfg.audio_dim, cfg.hidden, 3, cfg.layers)
         nn.init.zeros_(self.sigma[-1].weight)  # starts as the identity
         self.register_buffer("extent", torch.tensor(float(extent)))
@@ -207,6 +235,9 @@ class MouthMotionNet(_MotionBase):
     def forward(self, means: Tensor, audio_seq: Tensor) -> dict[str, Tensor]:
         n = means.shape[0]
         f = self.grid(means)
-        a = self.audio(audio_seq)
+        a, audio_loss = self.audio.forward_aux(audio_seq)
         out = self.sigma(torch.cat([f, a[None].expand(n, -1)], dim=-1)) * self.damping
-        return {"means": out * (self.cfg.offset_scale * self.extent), "raw_means": out * self.cfg.offset_scale}
+        res = {"means": out * (self.cfg.offset_scale * self.extent), "raw_means": out * self.cfg.offset_scale}
+        if audio_loss is not None:
+            res["audio_loss"] = audio_loss
+        return res

@@ -22,7 +22,8 @@ image. Training is three stages, each a phase with its ``head:`` options (``bran
 - ``fuse``: both sets composited onto the torso frame, only colours (and face opacity) train.
 
 ``deform: false`` phases are the static 3DGS warm-ups of each branch. Head losses: ``alpha``,
-``motion``, ``attention``. A callback makes Gaussians that took the training background colour
+``motion``, ``attention``, ``audio`` (the audio encoders' own similarity loss, when they have one:
+SyncGaussian's sync-enhanced encoder). A callback makes Gaussians that took the training background colour
 transparent (face; the densifier then prunes them) or small and faint (mouth), as the official
 code's green pruning / softening.
 
@@ -104,7 +105,7 @@ class TalkingGaussianHeadConfig(HeadConfig):
 
     name: str = "talkinggaussian"
     groups: ClassVar[tuple[str, ...]] = GROUPS
-    loss_names: ClassVar[tuple[str, ...]] = ("alpha", "motion", "attention")
+    loss_names: ClassVar[tuple[str, ...]] = ("alpha", "motion", "attention", "audio")
     options: ClassVar[type] = TalkingGaussianOptions
     face_init: InitParams = field(default_factory=lambda: InitParams(points=10000, max_gaussians=50000))
     """Initial face Gaussians (labels face, hair, eyes, lips + the torso frame's cut-out)."""
@@ -205,9 +206,12 @@ class TalkingGaussianHead(Head):
         self.sh_degree = cfg.sh_degree
         seq = cfg.audio_context
         self.face_motion = FaceMotionNet(
-            cfg.face, audio_window=ctx.audio_window, audio_dim=ctx.audio_dim, expression_dim=ctx.expression_dim, seq_len=seq, extent=self.scene_extent,
+            cfg.face, audio_window=ctx.audio_window, audio_dim=ctx.audio_dim, expression_dim=ctx.expression_dim, seq_len=seq,
+            extent=self.scene_extent, ctx=ctx,
         )  # fmt: skip
-        self.mouth_motion = MouthMotionNet(cfg.mouth, audio_window=ctx.audio_window, audio_dim=ctx.audio_dim, seq_len=seq, extent=self.scene_extent)
+        self.mouth_motion = MouthMotionNet(
+            cfg.mouth, audio_window=ctx.audio_window, audio_dim=ctx.audio_dim, seq_len=seq, extent=self.scene_extent, ctx=ctx,
+        )  # fmt: skip
         with torch.no_grad():
             self.face_motion.set_bounds(*_box(face_clouds, cfg.grid_margin))
             self.mouth_motion.set_bounds(*_box(mouth_clouds, cfg.grid_margin))
@@ -241,7 +245,7 @@ class TalkingGaussianHead(Head):
         return groups
 
     def loss_terms(self) -> dict[str, Any]:
-        return {"alpha": self._alpha_loss, "motion": self._motion_loss, "attention": self._attention_loss}
+        return {"alpha": self._alpha_loss, "motion": self._motion_loss, "attention": self._attention_loss, "audio": self._audio_loss}
 
     def callbacks(self, options: TalkingGaussianOptions) -> list[Callback]:
         if options.branch == "face":
@@ -389,6 +393,15 @@ class TalkingGaussianHead(Head):
         if not terms:
             return ctx.pred.new_zeros(())
         return torch.stack(terms).sum() / max(1, len(ctx.outputs.extras.get("offsets", [])))
+
+    def _audio_loss(self, ctx: LossContext) -> Tensor:
+        """The audio encoders' own similarity loss (``audio_loss`` of the motion networks: SyncGaussian's
+        ``L_ah = 1 - cos(a, a_ave)``, eq. 4), averaged over the rendered frames; 0 when the encoder
+        has none (``window_conv``) or nothing deformed."""
+        terms = [off["audio_loss"] for off in ctx.outputs.extras.get("offsets", []) if off is not None and "audio_loss" in off]
+        if not terms:
+            return ctx.pred.new_zeros(())
+        return torch.stack(terms).mean()
 
     def _attention_loss(self, ctx: LossContext) -> Tensor:
         """No expression attention on the lips; no attention at all on hair (when hair is supervised)."""
