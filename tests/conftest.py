@@ -136,6 +136,30 @@ def tiny_variant_of(name: str, steps_per_phase: int = 3, **preset):  # noqa: ANN
     return apply_preset(repo_train_params().variants[name], PresetParams(**kw))
 
 
+def tiny_sync_expert(path: Path, audio_shape: tuple[int, int] = (8, 4), seed: int = 0) -> Path:
+    """A small (untrained, seeded) sync expert checkpoint in the ``sync_expert`` stage's format, for
+    mel windows of ``audio_shape`` = (channels, columns) (:func:`tiny_subject`'s: 8 x 4): the
+    pipeline asset of the variants built from the expert, for training-loop tests."""
+    import torch
+
+    from talkgs.sync.model import SyncExpertNet, save_expert, talkgs_spec
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    spec = talkgs_spec(height=16, width=32, color="gray", frames=5, crop_scale=0.7, audio_shape=audio_shape)
+    kw = {"spec": spec, "width": 4, "embed_dim": 8}
+    torch.manual_seed(seed)
+    net = SyncExpertNet(**kw)
+    save_expert(path, {"arch": "talkgs", "net": kw, "spec": spec, "state_dict": net.state_dict(), "config": {}, "config_hash": "test",
+                       "step": 0, "finished": True, "source": "tests"})  # fmt: skip
+    return path
+
+
+def tiny_assets(variant, tmp_path: Path) -> dict[str, Path]:  # noqa: ANN001 - VariantParams
+    """The assets ``variant`` requires, made small (:func:`tiny_sync_expert`)."""
+    makers = {"sync_expert": lambda: tiny_sync_expert(tmp_path / "tiny_sync_expert.pt")}
+    return {name: makers[name]() for name in variant.required_assets()}
+
+
 @pytest.fixture
 def tiny_variant():
     """Factory: ``tiny_variant("gaussiantalker")`` → a few-step, few-Gaussian variant."""

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import repo_train_params, repo_variants
+from conftest import repo_train_params, repo_variants, tiny_assets
 from talkgs.config import ConfigError, from_dict, to_dict
 from talkgs.train.checkpoint import CheckpointError, load_checkpoint
 from talkgs.train.loop import train
@@ -29,7 +29,8 @@ def test_every_variant_trains_a_few_steps(name, tiny_subject, tiny_variant, tmp_
     """Every variant params.yaml defines (a new entry is tested the moment it exists)."""
     v = tiny_variant(name)
     seen: list[dict] = []
-    res = train(tiny_subject, tmp_path, v, progress=False, on_step=lambda s, l: seen.append(l))
+    assets = tiny_assets(v, tmp_path / "assets")  # e.g. the sync expert of syncgaussian
+    res = train(tiny_subject, tmp_path, v, progress=False, on_step=lambda s, l: seen.append(l), assets=assets)
     assert res["finished"] and res["steps"] == v.total_iterations == len(seen) >= 4
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in seen)
     for f in ("checkpoint.pt", "config.yaml", "curves.csv"):

@@ -121,7 +121,8 @@ class ComponentConfig:
     default: ClassVar[str] = ""
     requires: ClassVar[tuple[str, ...]] = ()
     """Pipeline assets (:data:`ASSETS`) the component is built from: frozen networks another stage
-    trains (a model reads them at build time and keeps their weights in its own checkpoint)."""
+    trains (a model reads them at build time and keeps their weights in its own checkpoint). A
+    config whose need depends on its options overrides it with a property."""
 
     @classmethod
     def __from_config__(cls, value: Any, where: str) -> ComponentConfig:
@@ -166,7 +167,7 @@ def required_assets(cfg: Any) -> tuple[str, ...]:
 
     def walk(x: Any) -> None:
         if isinstance(x, ComponentConfig):
-            found.update(type(x).requires)
+            found.update(x.requires)
         if dataclasses.is_dataclass(x) and not isinstance(x, type):
             for f in dataclasses.fields(x):
                 walk(getattr(x, f.name))

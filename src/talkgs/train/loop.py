@@ -283,7 +283,7 @@ class _Losses:
                 continue  # the head's own
             with torch.random.fork_rng(devices=[]):  # a loss's own network starts the same in every run of the seed
                 torch.manual_seed(seed * 7 + 1000 + k)
-                m = (build("loss", cfg, assets=dict(assets or {})) if type(cfg).requires else build("loss", cfg)).to(device)
+                m = (build("loss", cfg, assets=dict(assets or {})) if cfg.requires else build("loss", cfg)).to(device)
             self.modules[n] = m
             if m.owns_parameters:
                 self.optimizers[n] = torch.optim.Adam(m.parameters(), lr=cfg.learning_rate)
