@@ -49,7 +49,9 @@ def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     params["train"]["preset"] = "tiny"
     params["evaluate"]["fid"] = False
     params["evaluate"]["identity"] = {"max_frames": 8, "reference_frames": 4}  # dlib: ~0.1 s per descriptor
-    params["sync_expert"] = {**params["sync_expert"], "train": "always", "steps": 20, "batch_size": 8, "width": 8}  # the stage runs, briefly
+    # syncgaussian is evaluated: the sync expert trains (train: auto), briefly, and is its asset
+    params["sync_expert"] = {**params["sync_expert"], "steps": 20, "batch_size": 8, "width": 8}
+    params["evaluate"]["variants"] = [*params["evaluate"]["variants"], "syncgaussian"]
     # few-shot sweep: 2 s trains (the 4 s clip's training split is 3.6 s), 10 s is unavailable
     params["evaluate"]["few_shot"] = {"subjects": ["demo"], "variants": ["gaussiantalker"], "seconds": [2, 10]}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -66,7 +68,7 @@ def test_dvc_repro_runs_every_stage_then_nothing(pipeline_repo: Path):
         "make_demo", "extract@demo", "segment@demo", "track@demo", "features@demo", "audio_features@demo_speech2",
         "train@demo-static", "train@demo-gaussiantalker", "evaluate@demo-gaussiantalker", "ground_truth@demo", "report",
         "train_fewshot@demo-gaussiantalker-2", "evaluate_fewshot@demo-gaussiantalker-10", "pretrain@gaussiantalker",
-        "sync_expert",
+        "sync_expert", "pretrain@syncgaussian", "train@demo-syncgaussian", "evaluate@demo-syncgaussian",
     ):
         assert f"Running stage '{stage}'" in out, out
     # no pretrain.subjects: the pretrain stage says so (train@S-V depends on it alike)
@@ -87,6 +89,14 @@ def test_dvc_repro_runs_every_stage_then_nothing(pipeline_repo: Path):
     sync = json.loads((pipeline_repo / "metrics/sync_expert.json").read_text())
     assert sync["chance"] == 0.5 and sync["pairs"] > 0 and sync["steps"] == 20 and not sync["held_out_subjects"]
     assert (pipeline_repo / "models/sync_expert/checkpoint.pt").is_file()
+    # the expert is syncgaussian's asset (copied by its pretrain stage), and no other variant's
+    asset = pipeline_repo / "models/pretrain/syncgaussian/assets/sync_expert.pt"
+    assert asset.read_bytes() == (pipeline_repo / "models/sync_expert/checkpoint.pt").read_bytes()
+    assert not (pipeline_repo / "models/pretrain/static/assets").exists()
+    sg = json.loads((pipeline_repo / "metrics/subjects/demo/syncgaussian.json").read_text())
+    # measured, not judged: the tiny preset gives TalkingGaussian's branches 9 static steps each (9.7 dB here)
+    assert 5 < sg["self.psnr_face"] < 60 and sg["variant"] == "syncgaussian"
+    assert "syncgaussian" in (pipeline_repo / "metrics/tables/self_driven.md").read_text()
     table = (pipeline_repo / "metrics/tables/self_driven.md").read_text()
     assert "gaussiantalker" in table and "static" in table
 
@@ -129,3 +139,15 @@ def test_dvc_dag_shows_the_stages(pipeline_repo: Path):
     dag = _dvc(pipeline_repo, "dag", "--md")
     for stage in ("make_demo", "extract@demo", "segment@demo", "track@demo", "train@demo-gaussiantalker", "report"):
         assert stage in dag
+
+
+def test_a_retrained_sync_expert_retrains_only_the_variants_built_from_it(pipeline_repo: Path):
+    params = yaml.safe_load((pipeline_repo / "params.yaml").read_text())
+    params["sync_expert"]["steps"] = 24
+    (pipeline_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = _dvc(pipeline_repo, "repro")
+    for stage in ("sync_expert", "pretrain@syncgaussian", "train@demo-syncgaussian", "evaluate@demo-syncgaussian"):
+        assert f"Running stage '{stage}'" in out, out
+    for stage in ("train@demo-static", "train@demo-gaussiantalker", "evaluate@demo-static"):
+        assert f"Running stage '{stage}'" not in out, out
+    assert json.loads((pipeline_repo / "metrics/sync_expert.json").read_text())["steps"] == 24

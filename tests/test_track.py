@@ -289,3 +289,22 @@ def test_track_input_errors(tmp_path: Path) -> None:
         load_track(tmp_path)
     with pytest.raises(ValueError, match="focal_range"):
         TrackParams(focal_range=(2.0, 1.0))
+
+
+def test_a_subject_can_override_track_refine(tmp_path, monkeypatch) -> None:
+    """subjects.<S>.track_refine reaches the track stage (SyncGaussian's "w/o stable init" ablation
+    as a second subject of one clip); other subjects keep track.refine."""
+    from talkgs import pipeline
+    from talkgs.config import parse_params
+    from talkgs.preprocess import track as track_mod
+
+    seen = {}
+    monkeypatch.setattr(track_mod, "track", lambda extract, out, params, **kw: seen.setdefault(out.parent.name, params.refine) and {})
+    params = parse_params({"subjects": {"a": {"video": "a.mp4"}, "b": {"video": "a.mp4", "track_refine": False}},
+                           "train": {"variants": {"static": {}}}, "evaluate": {"variants": ["static"], "few_shot": {"variants": ["static"]}}})  # fmt: skip
+    pipeline.track(params, "a", tmp_path, progress=False)
+    pipeline.track(params, "b", tmp_path, progress=False)
+    assert seen == {"a": True, "b": False}
+    shipped = parse_params(__import__("yaml").safe_load((Path(__file__).parents[1] / "params.yaml").read_text()))
+    assert shipped.catalog["german_unrefined"].track_refine is False
+    assert shipped.catalog["german_unrefined"].video == shipped.catalog["german"].video

@@ -52,6 +52,10 @@ class SubjectParams:
     """Override of ``extract.resolution`` for this subject (square output size in pixels)."""
     note: str = ""
     """Free text: where the clip comes from, language, licence."""
+    track_refine: bool | None = None
+    """Override of ``track.refine`` for this subject: ``false`` tracks it without the optical-flow
+    keypoint bundle adjustment (SyncGaussian's "w/o stable init" ablation, Table 6, as a second
+    subject of the same clip); None: ``track.refine``."""
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,14 @@ def track(params: Params, subject: str, root: Path, *, progress: bool = True) ->
     out = paths.track_dir(subject, root)
     timings = paths.timings_file("track", subject, root)
     sweep_temp(out, timings)
-    report = _track(paths.extract_dir(subject, root), out, params.track, progress=progress, timings=timings)
+    tp = params.track
+    refine = params.subject(subject).track_refine
+    if refine is not None and refine != tp.refine:
+        import dataclasses
+
+        tp = dataclasses.replace(tp, refine=refine)
+        log.info("track %s: refine=%s (subjects.%s.track_refine)", subject, refine, subject)
+    report = _track(paths.extract_dir(subject, root), out, tp, progress=progress, timings=timings)
     log.info("track %s -> %s", subject, out)
     return report
 
