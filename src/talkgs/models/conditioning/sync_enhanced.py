@@ -47,6 +47,9 @@ from talkgs.configlib import WIDTH, ConfigError, Range
 from talkgs.models.conditioning.audio import AudioEncoderConfig, AudioWindowEncoder, WindowConvConfig
 from talkgs.models.registry import register
 
+CHANNEL = Range(0, 65536)
+"""A feature-channel index."""
+
 __all__ = ["SyncEnhancedConfig", "SyncEnhancedEncoder", "FrozenAudioTower"]
 
 
@@ -69,10 +72,10 @@ class SyncEnhancedConfig(AudioEncoderConfig):
     """False: w/o a_ave (Table 6): ``a = a'_hu``, no L_ah and no sync expert needed."""
     tie: bool = True
     """False: w/o L_ah (Table 6): no target is returned, so the head loss ``audio`` is 0."""
-    hu_channels: tuple[int, int] | None = None
+    hu_channels: tuple[Annotated[int, CHANNEL], Annotated[int, CHANNEL]] | None = None
     """``[start, stop)`` of the feature channels a'_hu reads (e.g. the phonetic part of
     ``mel+phonemes``); None: all."""
-    ave_channels: tuple[int, int] | None = None
+    ave_channels: tuple[Annotated[int, CHANNEL], Annotated[int, CHANNEL]] | None = None
     """``[start, stop)`` of the feature channels the sync expert reads (its mel bands, e.g. the mel
     part of ``mel+phonemes``); None: all (the variant's feature must then be the expert's mel)."""
 
