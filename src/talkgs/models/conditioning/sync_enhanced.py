@@ -26,7 +26,7 @@ Ablations (Table 6) are options: ``use_ave: false`` (w/o a_ave: ``a = a'_hu``, n
 
 The frozen audio tower is read from the ``sync_expert`` asset when the head is built for training
 and kept in the model's state (its weights as buffers, never trained; its architecture in the
-module's extra state), so a trained checkpoint renders without the asset.
+``spec_json`` buffer), so a trained checkpoint renders without the asset.
 
 Deviations (README, SyncGaussian section): the paper's sync-encoder kernel sizes and widths are
 not in the text; its Conv1d here runs over the feature axis (one channel, kernel 3) — an

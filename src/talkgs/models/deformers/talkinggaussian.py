@@ -32,7 +32,6 @@ from typing import Annotated, Any
 
 import torch
 from torch import Tensor, nn
-
 from torch.nn import functional as F
 
 from talkgs.configlib import NON_NEGATIVE, POSITIVE, WIDTH, Range
